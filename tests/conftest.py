@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# torch's OpenMP threads spin while waiting; on a loaded 2-core machine that makes some ops
+# 10-100x slower. Passive waiting must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FUSION_SHARED_DIR", REPO.parent / "shared"))
 
@@ -29,3 +33,17 @@ def shared_data(shared_dir: Path) -> Path:
 def golden(shared_dir: Path) -> dict:
     """../shared/golden/metrics_reference_public.json, parsed."""
     return json.loads((shared_dir / "golden" / "metrics_reference_public.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (start-up costs ~10 s here)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 1024**2)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
