@@ -1,0 +1,156 @@
+"""`orchestrator eval` wiring: resolve the data, choose the path (in-process or Ray), report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from fusion_models.baselines import BASELINES
+from fusion_models.data import DataError, PairSet, default_rule, generated_set, open_pair_set
+from fusion_models.metrics import get_convention, resolve_metric_names
+from orchestrator.evaluate import (
+    EvalItem,
+    EvalReport,
+    EvalSettings,
+    evaluate_local,
+    make_settings,
+    plan_items,
+)
+
+log = logging.getLogger(__name__)
+GENERATED_PREFIX = "generated:"
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """The parsed command line of ``orchestrator eval``."""
+
+    data: str | None
+    a_dir: str | None
+    b_dir: str | None
+    fused_dir: str | None
+    method: str | None
+    metrics: str
+    convention: str
+    options: tuple[str, ...]
+    task: str | None
+    colour_rule: str
+    out_dir: str | None
+    json_out: str | None
+    csv_out: str | None
+    device: str
+    use_ray: bool
+    address: str | None
+    ray_threshold: int
+    quiet: bool
+
+
+def cache_dir() -> Path:
+    """Where generated data and patch stores live (``FUSION_CACHE_DIR`` overrides)."""
+    default = Path.home() / ".cache" / "fusion-orchestrator"
+    return Path(os.environ.get("FUSION_CACHE_DIR", default))
+
+
+def resolve_pair_set(data: str | None, a_dir: str | None, b_dir: str | None,
+                     task: str | None) -> PairSet:
+    """A set folder, explicit --a/--b folders, or ``generated:ivif`` / ``generated:mff``."""
+    if data and data.startswith(GENERATED_PREFIX):
+        return generated_set(data[len(GENERATED_PREFIX):], cache_dir() / "generated")
+    if data is None and not (a_dir and b_dir):
+        raise click.UsageError("give --data SET_DIR, or both --a DIR and --b DIR")
+    return open_pair_set(data, a_dir=a_dir, b_dir=b_dir, task=task)
+
+
+def _parse_options(options: tuple[str, ...]) -> dict[str, object]:
+    parsed: dict[str, object] = {}
+    for opt in options:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{opt!r}: expected KEY=VALUE", param_hint="--option")
+        parsed[key.strip()] = _coerce(value.strip())
+    return parsed
+
+
+def _coerce(value: str) -> object:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _methods(method: str | None) -> list[str | None]:
+    if method is None:
+        return [None]
+    names = list(BASELINES) if method == "all" else [m.strip() for m in method.split(",")]
+    unknown = [m for m in names if m not in BASELINES]
+    if unknown:
+        raise click.BadParameter(f"unknown baseline(s) {unknown}; valid: {sorted(BASELINES)} "
+                                 "or all", param_hint="--method")
+    return names
+
+
+def _evaluate(items: list[EvalItem], settings: EvalSettings, args: EvalArgs) -> EvalReport:
+    from orchestrator.console import progress_bar
+
+    if args.use_ray or args.address or len(items) >= args.ray_threshold:
+        from orchestrator.evaluate_ray import evaluate_ray
+
+        return evaluate_ray(items, settings, address=args.address)
+    with progress_bar(f"eval {settings.method or 'fused'}", 2 * len(items),
+                      enabled=not args.quiet) as advance:
+        return evaluate_local(items, settings, advance)
+
+
+def run(args: EvalArgs) -> dict[str, EvalReport]:
+    """Run ``orchestrator eval``; returns the report of each method (None: ``--fused``)."""
+    if (args.fused_dir is None) == (args.method is None):
+        raise click.UsageError("give exactly one of --fused DIR or --method NAME")
+    try:
+        return _run(args)
+    except (DataError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise click.ClickException(str(message)) from exc
+
+
+def _run(args: EvalArgs) -> dict[str, EvalReport]:
+    conv = get_convention(args.convention)
+    if args.options:
+        conv = conv.with_options(**_parse_options(args.options))
+    metric_names = resolve_metric_names(args.metrics)
+    pair_set = resolve_pair_set(args.data, args.a_dir, args.b_dir, args.task)
+    items = plan_items(pair_set, args.fused_dir)
+    task = args.task or pair_set.task
+    rule = default_rule(task) if args.colour_rule == "auto" else args.colour_rule
+    reports: dict[str, EvalReport] = {}
+    for method in _methods(args.method):
+        out = str(Path(args.out_dir) / method) if args.out_dir and method else None
+        settings = make_settings(metric_names, conv, method, rule, args.device, out)
+        reports[method or "fused"] = _evaluate(items, settings, args)
+    _emit(reports, pair_set, args)
+    return reports
+
+
+def _emit(reports: dict[str, EvalReport], pair_set: PairSet, args: EvalArgs) -> None:
+    from orchestrator.console import comparison_table, console
+
+    if args.json_out:
+        payload = (next(iter(reports.values())).to_dict() if len(reports) == 1 else
+                   {"convention": args.convention,
+                    "methods": {k: r.to_dict() for k, r in reports.items()}})
+        Path(args.json_out).write_text(json.dumps(payload, indent=1))
+    if args.csv_out:
+        for label, rep in reports.items():
+            path = Path(args.csv_out)
+            rep.write_csv(path if len(reports) == 1 else path.with_stem(f"{path.stem}_{label}"))
+    if not args.quiet:
+        title = f"{pair_set.root} — {len(pair_set.pairs)} pairs, convention {args.convention}"
+        console.print(comparison_table(reports, title))

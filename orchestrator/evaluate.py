@@ -1,0 +1,324 @@
+"""`orchestrator eval`: read (or fuse with a baseline) and measure a paired test set.
+
+The in-process path reads every image first, then computes all metrics in same-size batches
+on the chosen device; :mod:`orchestrator.evaluate_ray` runs the same per-batch scoring inside
+Ray Data for large sets and clusters. Both return an :class:`EvalReport` whose JSON is::
+
+    {"convention": "cdd", "options": {...}, "method": "laplacian" | null,
+     "per_pair": {stem: {metric: value}}, "mean": {metric: value},
+     "not_finite": {metric: number of pairs where it is undefined (left out of the mean)},
+     "diagnostics": {stem: {"CC_A": ..., "SSIM_B": ..., "verdict": "copies source B"}},
+     "degenerate": [stem, ...],
+     "timing": {"read_s": ..., "fuse_s": ..., "metrics_s": ..., "pairs": N}}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fusion_models.baselines import fuse_baseline
+from fusion_models.data import DataError, PairSet, read_image, to_float255, write_image
+from fusion_models.metrics import METRICS, Convention, compute_metrics, get_convention, to_gray
+from fusion_models.metrics.diagnostics import degeneracy, describe
+from fusion_models.metrics.ssim import psnr_gt, ssim_gt
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GT_METRICS = {"PSNR_GT": True, "SSIM_GT": True}  # full-reference, higher is better
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One pair to score: its sources, and either a fused image on disk or None (fuse here)."""
+
+    name: str
+    path_a: str
+    path_b: str
+    path_fused: str | None = None
+    path_gt: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What to compute and how (picklable: Ray workers receive it)."""
+
+    metrics: tuple[str, ...]
+    convention: Convention
+    method: str | None = None
+    colour_rule: str = "gray"
+    device: str = "cpu"
+    batch_size: int = 8
+    out_dir: str | None = None
+
+
+@dataclass
+class PairResult:
+    name: str
+    metrics: dict[str, float]
+    diagnostics: dict[str, float | str]
+    read_s: float = 0.0
+    fuse_s: float = 0.0
+    metrics_s: float = 0.0
+
+
+@dataclass
+class EvalReport:
+    """Results of one evaluation; see the module docstring for the JSON layout."""
+
+    convention: Convention
+    method: str | None
+    results: list[PairResult] = field(default_factory=list)
+
+    def mean(self) -> dict[str, float]:
+        """Mean over the pairs with a finite value (NaN when none has; see :meth:`nan_counts`)."""
+        names = self.results[0].metrics.keys() if self.results else []
+        means = {}
+        for n in names:
+            finite = [v for r in self.results if math.isfinite(v := r.metrics[n])]
+            means[n] = float(np.mean(finite)) if finite else math.nan
+        return means
+
+    def nan_counts(self) -> dict[str, int]:
+        """Metrics undefined on some pairs (e.g. SCD when the fused image equals a source)."""
+        names = self.results[0].metrics.keys() if self.results else []
+        counts = {n: sum(not math.isfinite(r.metrics[n]) for r in self.results) for n in names}
+        return {n: c for n, c in counts.items() if c}
+
+    def to_dict(self) -> dict:
+        return {
+            "convention": self.convention.name,
+            "options": self.convention.as_dict(),
+            "method": self.method,
+            "per_pair": {r.name: r.metrics for r in self.results},
+            "mean": self.mean(),
+            "not_finite": self.nan_counts(),
+            "diagnostics": {r.name: r.diagnostics for r in self.results},
+            "degenerate": [r.name for r in self.results if r.diagnostics["verdict"]],
+            "timing": {
+                "read_s": round(sum(r.read_s for r in self.results), 4),
+                "fuse_s": round(sum(r.fuse_s for r in self.results), 4),
+                "metrics_s": round(sum(r.metrics_s for r in self.results), 4),
+                "pairs": len(self.results),
+            },
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True))
+
+    def write_csv(self, path: str | Path) -> None:
+        names = list(self.results[0].metrics) if self.results else []
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["pair", *names, "verdict"])
+            for r in self.results:
+                writer.writerow([r.name, *(r.metrics[n] for n in names), r.diagnostics["verdict"]])
+            writer.writerow(["mean", *self.mean().values(), ""])
+
+
+def plan_items(pair_set: PairSet, fused_dir: str | Path | None) -> list[EvalItem]:
+    """Pair each source pair with its fused image (by stem) when ``fused_dir`` is given.
+
+    Raises:
+        DataError: the fused folder is missing, empty, lacks fused images for some pairs, or
+            holds two files with one stem.
+    """
+    gt_dir = getattr(pair_set, "dir_gt", None)
+    fused = _index_fused(Path(fused_dir), pair_set) if fused_dir is not None else {}
+    return [
+        EvalItem(
+            name=p.name,
+            path_a=str(p.path_a),
+            path_b=str(p.path_b),
+            path_fused=str(fused[p.name]) if fused else None,
+            path_gt=str(_gt_path(gt_dir, p.name)) if gt_dir else None,
+        )
+        for p in pair_set.pairs
+    ]
+
+
+def _index_fused(folder: Path, pair_set: PairSet) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"fused folder {folder} does not exist or is not a folder")
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.stem in found:
+                raise DataError(f"fused folder {folder}: two files share stem {f.stem!r}: "
+                                f"{found[f.stem].name}, {f.name}")
+            found[f.stem] = f
+    missing = [p.name for p in pair_set.pairs if p.name not in found]
+    if missing:
+        raise DataError(
+            f"fused folder {folder} has no image for {len(missing)} of {len(pair_set.pairs)} "
+            f"pairs of {pair_set.root}: {missing[:20]} (fused files pair with sources by stem)"
+        )
+    return found
+
+
+def _gt_path(gt_dir: Path, stem: str) -> Path:
+    for suffix in IMAGE_SUFFIXES:
+        if (gt_dir / f"{stem}{suffix}").is_file():
+            return gt_dir / f"{stem}{suffix}"
+    raise DataError(f"ground-truth folder {gt_dir} has no image for pair {stem!r}")
+
+
+def _load(path: str) -> Tensor:
+    """(C, H, W) float32 0..255 from an image file."""
+    return torch.from_numpy(np.ascontiguousarray(to_float255(read_image(path)).transpose(2, 0, 1)))
+
+
+@dataclass
+class _Loaded:
+    item: EvalItem
+    a: Tensor
+    b: Tensor
+    fused: Tensor | None
+    gt: Tensor | None
+    read_s: float
+
+
+def read_item(item: EvalItem) -> _Loaded:
+    """Read one item's images; size mismatches between fused and sources raise DataError."""
+    t0 = time.perf_counter()
+    a, b = _load(item.path_a), _load(item.path_b)
+    fused = _load(item.path_fused) if item.path_fused else None
+    gt = _load(item.path_gt) if item.path_gt else None
+    for label, path, img in (("fused", item.path_fused, fused), ("ground truth", item.path_gt, gt)):
+        if img is not None and img.shape[1:] != a.shape[1:]:
+            raise DataError(
+                f"{label} image {path} is {img.shape[2]}x{img.shape[1]} but its sources "
+                f"{item.path_a} and {item.path_b} are {a.shape[2]}x{a.shape[1]} (W x H)"
+            )
+    return _Loaded(item, a, b, fused, gt, time.perf_counter() - t0)
+
+
+def _diagnostic_gray(x: Tensor, conv: Convention) -> Tensor:
+    rule = conv.colour if conv.colour.startswith("gray_") else "gray_matlab"
+    return to_gray(x, rule)
+
+
+def _write_fused(out_dir: str, batch: Sequence[_Loaded], fused: Tensor) -> None:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    arrays = fused.to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
+    for loaded, arr in zip(batch, arrays, strict=True):
+        write_image(Path(out_dir) / f"{loaded.item.name}.png", arr)
+
+
+def _fused_batch(batch: Sequence[_Loaded], a: Tensor, b: Tensor, s: EvalSettings) -> Tensor:
+    if s.method is None:
+        return torch.stack([x.fused for x in batch]).to(a.device)
+    # Evaluate what a user gets on disk: the 8-bit image.
+    fused = fuse_baseline(s.method, a, b, s.colour_rule).round().clamp(0, 255)
+    if s.out_dir:
+        _write_fused(s.out_dir, batch, fused)
+    return fused
+
+
+def score_batch(batch: Sequence[_Loaded], settings: EvalSettings) -> list[PairResult]:
+    """Fuse (if a method is set) and measure a batch of same-size pairs on ``settings.device``."""
+    device = torch.device(settings.device)
+    a = torch.stack([x.a for x in batch]).to(device)
+    b = torch.stack([x.b for x in batch]).to(device)
+    t0 = time.perf_counter()
+    fused = _fused_batch(batch, a, b, settings)
+    t1 = time.perf_counter()
+    values = compute_metrics(fused, a, b, settings.metrics, settings.convention)
+    gray = [_diagnostic_gray(x, settings.convention) for x in (fused, a, b)]
+    if batch[0].gt is not None:
+        gt = _diagnostic_gray(torch.stack([x.gt for x in batch]).to(device), settings.convention)
+        values["PSNR_GT"], values["SSIM_GT"] = psnr_gt(gray[0], gt), ssim_gt(gray[0], gt)
+    flags = degeneracy(*gray)
+    values = {k: v.double().cpu() for k, v in values.items()}  # one sync for the whole batch
+    t2 = time.perf_counter()
+    n = len(batch)
+    return [
+        PairResult(
+            name=x.item.name,
+            metrics={k: float(v[i]) for k, v in values.items()},
+            diagnostics={
+                **{k: round(float(flags[k][i]), 6) for k in ("CC_A", "CC_B", "SSIM_A", "SSIM_B")},
+                "verdict": describe(flags, i),
+            },
+            read_s=x.read_s,
+            fuse_s=(t1 - t0) / n,
+            metrics_s=(t2 - t1) / n,
+        )
+        for i, x in enumerate(batch)
+    ]
+
+
+def group_batches(loaded: Sequence[_Loaded], batch_size: int) -> list[list[_Loaded]]:
+    """Same-shape items together (sources, fused and ground truth), at most batch_size each."""
+    groups: dict[tuple, list[_Loaded]] = defaultdict(list)
+    for x in loaded:
+        key = (
+            tuple(x.a.shape), tuple(x.b.shape),
+            None if x.fused is None else tuple(x.fused.shape), x.gt is None,
+        )
+        groups[key].append(x)
+    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+
+def score_items(
+    items: Sequence[EvalItem],
+    settings: EvalSettings,
+    advance: Callable[[int], None] | None = None,
+) -> list[PairResult]:
+    """Read every item, then score them in batches; results in the items' order."""
+    loaded = []
+    for item in items:
+        loaded.append(read_item(item))
+        if advance:
+            advance(1)
+    results: dict[str, PairResult] = {}
+    for batch in group_batches(loaded, settings.batch_size):
+        for r in score_batch(batch, settings):
+            results[r.name] = r
+        if advance:
+            advance(len(batch))
+    return [results[item.name] for item in items]
+
+
+def evaluate_local(
+    items: Sequence[EvalItem],
+    settings: EvalSettings,
+    advance: Callable[[int], None] | None = None,
+) -> EvalReport:
+    """In-process evaluation (the fast path for small sets: no Ray start-up)."""
+    report = EvalReport(settings.convention, settings.method)
+    report.results = score_items(items, settings, advance)
+    return report
+
+
+def metric_direction(name: str) -> bool:
+    """True when higher is better."""
+    return GT_METRICS[name] if name in GT_METRICS else METRICS[name].higher_is_better
+
+
+def make_settings(
+    metrics: Sequence[str],
+    convention: str | Convention,
+    method: str | None,
+    colour_rule: str,
+    device: str,
+    out_dir: str | None = None,
+) -> EvalSettings:
+    """Validated settings (unknown convention/metric names raise KeyError with the valid ones)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return EvalSettings(
+        metrics=tuple(metrics), convention=get_convention(convention), method=method,
+        colour_rule=colour_rule, device=device, out_dir=out_dir,
+    )

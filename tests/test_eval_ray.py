@@ -1,0 +1,27 @@
+"""Ray Data evaluation gives the in-process numbers (a real local Ray, started once)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fusion_models.data import open_pair_set
+from fusion_models.metrics import PRESETS
+from orchestrator.evaluate import evaluate_local, make_settings, plan_items
+from orchestrator.evaluate_ray import evaluate_ray
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def test_ray_data_matches_in_process(ray_local, shared_data, tmp_path):
+    pair_set = open_pair_set(shared_data / "harvard_mri_pet")
+    items = plan_items(pair_set, None)[:10]
+    settings = make_settings(["EN", "MI", "Qabf", "SSIM", "VIF"], PRESETS["cdd"], "gff",
+                             "ihs", "cpu", out_dir=str(tmp_path / "fused"))
+    local = evaluate_local(items, settings).to_dict()
+    remote = evaluate_ray(items, settings, num_actors=2, block_pairs=4).to_dict()
+    assert list(remote["per_pair"]) == [it.name for it in items]
+    for stem, values in local["per_pair"].items():
+        for name, value in values.items():
+            assert remote["per_pair"][stem][name] == pytest.approx(value, rel=1e-12), (stem, name)
+    assert remote["timing"]["pairs"] == 10 and remote["timing"]["metrics_s"] > 0
+    assert len(list((tmp_path / "fused").iterdir())) == 10
