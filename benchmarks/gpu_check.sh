@@ -24,11 +24,11 @@ echo "== 2. eval on CUDA vs CPU"
 NO_FMI=EN,SD,SF,AG,MI,MSE,PSNR,CC,SCD,VIF,Qabf,SSIM,MS_SSIM,Nabf,CE,EI,RMSE,Qcb,Qcv
 for dev in cpu cuda; do
   for set in tno harvard_mri_pet lytro; do
-    t0=$(date +%s.%N)
+    t0=$SECONDS
     python3 -m orchestrator.cli eval --quiet --data .gpu_shared/data/$set --method all \
       --metrics $NO_FMI --device $dev --json "$OUT/eval_${set}_${dev}.json" \
       || echo "eval $set $dev FAILED"
-    echo "eval $set $dev: $(echo "$(date +%s.%N) - $t0" | bc) s wall"
+    echo "eval $set $dev: $((SECONDS - t0)) s wall (incl. python start-up)"
   done
 done
 python3 - "$OUT" <<'PY'
