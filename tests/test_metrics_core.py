@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _images import grey_cdd
 from scipy.ndimage import correlate, correlate1d
 from scipy.signal import convolve2d
 from skimage.measure import shannon_entropy
@@ -45,12 +46,7 @@ def _close(value: float, expected: float, rel: float = 1e-5, abs_: float = 1e-5)
 
 
 def _grey(path: Path) -> np.ndarray:
-    """CDD's reading: cv2, BGR->GRAY on float32, rounded; 1-channel files as they are."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    assert img is not None, path
-    if img.ndim == 3:
-        img = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_BGR2GRAY)
-    return np.round(img).astype(np.float32)
+    return grey_cdd(path).astype(np.float32)
 
 
 def _t(*arrays: np.ndarray, device: str = "cpu", dtype=torch.float32) -> list[torch.Tensor]:

@@ -10,10 +10,10 @@ import math
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from _images import grey_cdd
 
 from fusion_models.metrics import fmi, msssim, nabf, vifb
 from fusion_models.metrics._fmi_features import edge_sobel
@@ -31,12 +31,7 @@ DEVICES = [
 
 
 def _gray(path: Path) -> np.ndarray:
-    """cv2 read, BGR->GRAY on float32, rounded (the golden values' input convention)."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    assert img is not None, path
-    if img.ndim == 3:
-        img = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_BGR2GRAY)
-    return np.round(img).astype(np.float64)
+    return grey_cdd(path).astype(np.float64)
 
 
 def _t(*arrays: np.ndarray) -> torch.Tensor:
