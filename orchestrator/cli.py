@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
@@ -43,6 +44,65 @@ def main(verbose: int) -> None:
 def eval_command(**kwargs: object) -> None:
     """Measure fused images (--fused) or a baseline (--method) on a paired set."""
     eval_cmd.run(eval_cmd.EvalArgs(**kwargs))
+
+
+@main.command("train")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec entry: lr_g=2e-4, data.train=DIR, train.eval_every=2.")
+@click.option("--smoke", is_flag=True, help="2 short epochs, batch 4, 2 validation pairs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--out", "out_dir", type=click.Path(), help="Checkpoint folder (default runs/...).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default sqlite:///mlflow.db here).")
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Generated data and patch stores (default FUSION_CACHE_DIR or ~/.cache).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(spec: str, overrides: tuple[str, ...], smoke: bool, device: str | None,
+                  out_dir: str | None, tracking_uri: str | None, cache_dir: str | None,
+                  quiet: bool) -> None:
+    """Train ONE configuration of a model (a search_spaces/<model>.yaml + --set overrides)."""
+    from orchestrator.eval_cmd import cache_dir as default_cache
+    from orchestrator.train_cmd import train
+
+    try:
+        result = train(spec, overrides, smoke, device, out_dir, tracking_uri,
+                       cache_dir or str(default_cache()), quiet)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"status: {result.status}  epochs: {result.epochs_run}  "
+               f"best: {result.best_value}  mlflow run: {result.run_id}")
+    click.echo(f"best checkpoint: {result.best_checkpoint}")
+    click.echo(f"last checkpoint: {result.last_checkpoint}")
+    if result.status == "diverged":
+        raise click.ClickException(result.reason)
+
+
+@main.command("fuse")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", help="Set folder (two source sub-folders) to fuse.")
+@click.option("--out", "out_dir", type=click.Path(), help="Folder for the fused PNGs (--data).")
+@click.option("--a", "file_a", type=click.Path(exists=True, dir_okay=False), help="Source A.")
+@click.option("--b", "file_b", type=click.Path(exists=True, dir_okay=False), help="Source B.")
+@click.option("-o", "out_file", type=click.Path(), help="Output file (--a/--b).")
+@click.option("--task", type=click.Choice(["ivif", "medical", "mff", "mef"]), default=None)
+@click.option("--colour", "colour_rule", default="auto", show_default=True,
+              help="auto|gray|keep_b_chroma|ycbcr_weighted|ihs.")
+@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda.")
+@click.option("--batch-size", default=4, show_default=True)
+@click.option("--quiet", is_flag=True)
+def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a: str | None,
+                 file_b: str | None, out_file: str | None, task: str | None, colour_rule: str,
+                 device: str, batch_size: int, quiet: bool) -> None:
+    """Fuse whole images with a trained checkpoint; PNGs named like the sources."""
+    from orchestrator.fuse_cmd import run_fuse
+
+    try:
+        written = run_fuse(checkpoint, data, out_dir, file_a, file_b, out_file, task,
+                           colour_rule, device, batch_size, quiet)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {len(written)} fused image(s) to {Path(written[0]).parent}")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,23 @@ def comparison_table(reports: Mapping[str, EvalReport], title: str) -> Table:
     if notes:
         table.caption = "means over the pairs where defined; " + "; ".join(notes)
     return table
+
+
+@contextmanager
+def step_progress(description: str, enabled: bool = True) -> Iterator:
+    """Yield an ``on_step(step, terms)`` callback showing the step and current losses."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"), TextColumn("step {task.completed}"),
+        TextColumn("{task.fields[losses]}"), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None, losses="")
+
+        def on_step(step: int, terms: dict[str, float]) -> None:
+            losses = " ".join(f"{k}={v:.4g}" for k, v in list(terms.items())[:4])
+            progress.update(task, completed=step, losses=losses)
+
+        yield on_step

@@ -1,0 +1,1 @@
+"""The founding deep-learning fusion models (one file each) and their shared pieces."""

@@ -1,0 +1,137 @@
+"""The base every fusion model derives from (one level below ``nn.Module``).
+
+A model owns its networks, its optimisers and its own training step (it does its own D/G
+alternation), as the field's GAN methods need (style.md 1.6: no framework in the way).
+
+Value ranges: the training loop and ``fuse`` speak [0, 1]; each model declares the range its
+networks were designed for (``input_scale``: ``pm1`` = [-1, 1] for the Ma-group TF repos and
+UFGAN, ``unit`` = [0, 1] for DDcGAN, ``raw`` = 0..255 for DenseFuse, models.md §0.1-0.3) and
+the patch store hands training batches already in that range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from fusion_models.data.patches import PatchSpec
+
+Scale = Literal["pm1", "unit", "raw"]
+
+
+class FusionConfig(BaseModel):
+    """Base of every model's Config: unknown keys are rejected (``extra="forbid"``).
+
+    Each model's Config declares EVERY sweepable field with its paper default, including
+    ``epochs``, ``batch_size``, ``patch`` and ``stride`` (the training loop reads them).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FusionModel(nn.Module):
+    """A fusion model: networks + optimisers + ``training_step`` + ``fuse``.
+
+    Subclasses set ``name``, ``Config`` and ``input_scale``, build their networks in
+    ``__init__`` and finish it with ``self.optimizers = self.configure_optimizers()``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[FusionConfig]]
+    input_scale: ClassVar[Scale] = "pm1"
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.amp_dtype: torch.dtype | None = None  # set by the training loop (bf16 on CUDA)
+
+    # -- what every model implements -------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers, e.g. ``{"g": Adam(G), "d": Adam(D)}``."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One training step on a patch batch, optimiser steps included.
+
+        Args:
+            batch: ``a``, ``b`` (B, 1, patch, patch) and ``a_label``, ``b_label``
+                (B, 1, label, label), already in ``input_scale``; on the model's device.
+
+        Returns:
+            Every loss term as a detached scalar tensor, keys like ``loss_g``, ``loss_d``,
+            ``loss_adv``, ``loss_grad`` (the loop logs them as ``train/<key>``).
+        """
+        raise NotImplementedError
+
+    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
+        """Fuse whole images of any size (the model's own padding rule), under no_grad.
+
+        Args:
+            a, b: (B, 1, H, W) grey sources in [0, 1] (A = ir / functional / near focus).
+
+        Returns:
+            (B, 1, H, W) fused image in [0, 1].
+        """
+        raise NotImplementedError
+
+    def patch_spec(self) -> PatchSpec:
+        """The training windows for this configuration (patch, label, stride, end rule)."""
+        raise NotImplementedError
+
+    # -- shared plumbing --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Mixed precision for forward passes when the loop asked for it (CUDA bf16)."""
+        if self.amp_dtype is None:
+            ctx = nullcontext()
+        else:
+            ctx = torch.autocast(self.device.type, dtype=self.amp_dtype)
+        with ctx:
+            yield
+
+    def to_input_scale(self, x01: Tensor) -> Tensor:
+        """[0, 1] -> this model's network range."""
+        if self.input_scale == "pm1":
+            return x01 * 2.0 - 1.0
+        return x01 * 255.0 if self.input_scale == "raw" else x01
+
+    def from_input_scale(self, y: Tensor) -> Tensor:
+        """This model's network range -> [0, 1], clamped."""
+        if self.input_scale == "pm1":
+            y = (y + 1.0) / 2.0
+        elif self.input_scale == "raw":
+            y = y / 255.0
+        return y.clamp(0.0, 1.0)
+
+    def checkpoint(self, epoch: int) -> dict:
+        """Self-describing checkpoint: loads with ``torch.load(weights_only=True)``."""
+        return {
+            "model": self.name,
+            "params": self.config.model_dump(mode="json"),
+            "state_dict": self.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "epoch": int(epoch),
+        }
+
+    def load_checkpoint_state(self, ckpt: dict, with_optimizers: bool = True) -> None:
+        """Restore weights (and optimiser state) from :meth:`checkpoint`'s dict."""
+        self.load_state_dict(ckpt["state_dict"])
+        if with_optimizers:
+            for key, state in ckpt.get("optimizers", {}).items():
+                self.optimizers[key].load_state_dict(state)
+
+
+def set_requires_grad(net: nn.Module, flag: bool) -> None:
+    """Freeze/unfreeze a network (e.g. D during the G step)."""
+    for p in net.parameters():
+        p.requires_grad_(flag)

@@ -1,0 +1,66 @@
+"""Model registry: name -> class, as data (one line per model; timm-style surface).
+
+``build(name, params)`` validates ``params`` against the model's pydantic Config
+(``extra="forbid"``): an unknown key raises ``KeyError`` listing the valid keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from fusion_models.models.base import FusionModel
+
+MODELS: dict[str, type[FusionModel]] = {}
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(MODELS)
+
+
+def get_model_class(name: str) -> type[FusionModel]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {list_models()}") from None
+
+
+def build(name: str, params: dict | None = None) -> FusionModel:
+    """Instantiate a registered model from its Config fields (paper defaults for the rest).
+
+    Raises:
+        KeyError: unknown model, or unknown Config key(s) (the message lists the valid keys).
+        ValueError: a value of the wrong type or out of range (pydantic's message).
+    """
+    cls = get_model_class(name)
+    params = dict(params or {})
+    valid = sorted(cls.Config.model_fields)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise KeyError(f"{name}: unknown parameter(s) {unknown}; valid keys: {valid}")
+    try:
+        config = cls.Config(**params)
+    except ValidationError as exc:
+        raise ValueError(f"{name}: invalid parameters: {exc}") from None
+    return cls(config)
+
+
+def load_checkpoint(source: str | Path | dict, map_location: str | torch.device = "cpu",
+                    with_optimizers: bool = False) -> tuple[FusionModel, dict]:
+    """Rebuild a model from a self-describing checkpoint (``torch.load(weights_only=True)``).
+
+    Returns:
+        ``(model, checkpoint_dict)``; the model is on ``map_location`` in eval mode.
+    """
+    ckpt = source if isinstance(source, dict) else torch.load(
+        source, map_location=map_location, weights_only=True
+    )
+    for key in ("model", "params", "state_dict", "epoch"):
+        if key not in ckpt:
+            raise ValueError(f"{source}: not a fusion-orchestrator checkpoint (no {key!r})")
+    model = build(ckpt["model"], ckpt["params"]).to(map_location)
+    model.load_checkpoint_state(ckpt, with_optimizers=with_optimizers)
+    return model.eval(), ckpt

@@ -1,0 +1,183 @@
+"""Run specifications: one YAML per model (``search_spaces/<model>.yaml``), validated.
+
+A spec names the model, its data, the ``fixed`` overrides of the model's Config defaults and
+the training settings. Paths in ``data`` resolve relative to the YAML file; ``generated:ivif``
+and ``generated:mff`` name the project's own generated sets, so the committed YAMLs run on any
+machine. ``--set key=value`` overrides any entry: ``data.train=../shared/data/tno``,
+``train.eval_every=2``, ``fixed.lr_g=2e-4`` or just ``lr_g=2e-4`` (a model parameter).
+Numbers such as ``1e-4`` (which PyYAML reads as a string) are accepted as floats.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fusion_models.registry import get_model_class
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """Where training and validation pairs come from.
+
+    Attributes:
+        train: set folder (two source sub-folders; relative to the YAML) or ``generated:<kind>``.
+        val: the same for validation (full-size images); default: the training set.
+        task: ivif | medical | mff | mef (colour rule, PMGI presets); default from the folders.
+        val_pairs: at most this many validation pairs (sorted by name).
+        colour: colour rule for the grey channels the models fuse (``auto``: from the task).
+    """
+
+    train: str = "generated:ivif"
+    val: str | None = None
+    task: Literal["ivif", "medical", "mff", "mef"] | None = None
+    val_pairs: int = Field(8, gt=0)
+    colour: str = "auto"
+
+
+class TrainSettings(_Strict):
+    """How the one training loop runs (not model hyperparameters: those live in ``fixed``).
+
+    Attributes:
+        eval_every: validate (full-size fusion + metrics) every this many epochs (and last).
+        seed: seeds Python, NumPy, torch and the data order.
+        device: auto | cpu | cuda.
+        select_metric: validation metric choosing the best checkpoint (``val/<name>``).
+        select_mode: max or min.
+        val_metrics: metric names computed at each evaluation.
+        max_steps_per_epoch: cap on training steps per epoch (``None``: the whole store).
+        num_workers: DataLoader worker processes.
+        sample_pairs: validation pairs shown in the sample grid image.
+    """
+
+    eval_every: int = Field(1, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    select_metric: str = "val/Qabf"
+    select_mode: Literal["max", "min"] = "max"
+    val_metrics: list[str] = ["EN", "SD", "SF", "AG", "MI", "MSE", "PSNR", "CC", "SCD", "VIF",
+                              "Qabf", "SSIM"]
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0)
+    sample_pairs: int = Field(3, ge=0)
+
+
+class RunSpec(_Strict):
+    """One training configuration (the YAML's defaults plus ``--set`` overrides).
+
+    Attributes:
+        model: registry key.
+        data: :class:`DataSpec`.
+        fixed: overrides of the model's Config defaults (validated against it).
+        train: :class:`TrainSettings`.
+        base_dir: folder the YAML's relative paths resolve against.
+    """
+
+    model: str
+    data: DataSpec = DataSpec()
+    fixed: dict[str, Any] = {}
+    train: TrainSettings = TrainSettings()
+    base_dir: str = "."
+
+    def model_params(self) -> dict[str, Any]:
+        return dict(self.fixed)
+
+    def resolve_path(self, value: str) -> str:
+        """A data entry as given (``generated:...``) or resolved against ``base_dir``."""
+        if value.startswith("generated:"):
+            return value
+        return str((Path(self.base_dir) / value).resolve())
+
+
+SMOKE_OVERRIDES = {
+    "fixed.epochs": 2,
+    "fixed.batch_size": 4,
+    "train.max_steps_per_epoch": 6,
+    "data.val_pairs": 2,
+    "train.sample_pairs": 2,
+}
+
+
+def coerce_numbers(value: Any) -> Any:
+    """Turn YAML strings like ``1e-4`` into floats, recursively."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: coerce_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce_numbers(v) for v in value]
+    return value
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], parsed value); the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. lr_g=2e-4)")
+    return key.strip().split("."), coerce_numbers(yaml.safe_load(raw) if raw.strip() else "")
+
+
+def apply_override(raw: dict, path: list[str], value: Any, model_fields: set[str]) -> None:
+    """Set one dotted key; a bare model parameter name goes to ``fixed``."""
+    if len(path) == 1 and path[0] not in ("model", "data", "fixed", "train"):
+        if path[0] not in model_fields:
+            raise KeyError(f"--set {path[0]}: not a top-level key or a parameter of "
+                           f"{raw.get('model')}; valid parameters: {sorted(model_fields)}")
+        path = ["fixed", path[0]]
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise KeyError(f"--set {'.'.join(path)}: {part} is not a mapping")
+    node[path[-1]] = value
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+              smoke: bool = False) -> RunSpec:
+    """Read, override and validate a spec YAML.
+
+    Raises:
+        ValueError: naming the YAML file and the offending key (unknown keys list the valid
+            ones; ``fixed`` keys are checked against the model's Config).
+    """
+    path = Path(path)
+    try:
+        raw = coerce_numbers(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the spec: {exc}") from None
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise ValueError(f"{path}: expected a mapping with a 'model' key")
+    try:
+        fields = set(get_model_class(raw["model"]).Config.model_fields)
+        items = [parse_override(o) for o in overrides]
+        if smoke:
+            items = [(k.split("."), v) for k, v in SMOKE_OVERRIDES.items()] + items
+        for keys, value in items:
+            apply_override(raw, keys, value, fields)
+        raw.setdefault("base_dir", str(path.resolve().parent))
+        spec = RunSpec(**raw)
+        _check_fixed(spec, fields)
+    except (KeyError, ValidationError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path}: {message}") from None
+    return spec
+
+
+def _check_fixed(spec: RunSpec, fields: set[str]) -> None:
+    unknown = sorted(set(spec.fixed) - fields)
+    if unknown:
+        raise KeyError(f"fixed: unknown parameter(s) {unknown} for model {spec.model}; "
+                       f"valid keys: {sorted(fields)}")
+    try:
+        get_model_class(spec.model).Config(**spec.fixed)
+    except ValidationError as exc:
+        raise KeyError(f"fixed: invalid value(s) for {spec.model}: {exc}") from None

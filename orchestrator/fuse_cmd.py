@@ -1,0 +1,38 @@
+"""`orchestrator fuse` wiring: load a checkpoint, resolve the data and colour rule, fuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fusion_models.data import DataError, open_pair_set
+from fusion_models.data.colour import default_rule
+from fusion_models.registry import load_checkpoint
+from orchestrator.fuse import fuse_files, fuse_set
+from orchestrator.train import resolve_device
+
+
+def run_fuse(checkpoint: str, data: str | None, out_dir: str | None, file_a: str | None,
+             file_b: str | None, out_file: str | None, task: str | None, colour_rule: str,
+             device: str, batch_size: int, quiet: bool) -> list[Path]:
+    """Fuse a set folder (``--data`` + ``--out``) or one pair of files (``--a --b -o``)."""
+    from orchestrator.console import progress_bar
+
+    if bool(data) == bool(file_a or file_b):
+        raise click.UsageError("give --data SET_DIR --out DIR, or --a FILE --b FILE -o FILE")
+    model, _ = load_checkpoint(checkpoint, map_location=resolve_device(device))
+    try:
+        if file_a or file_b:
+            if not (file_a and file_b and out_file):
+                raise click.UsageError("--a, --b and -o go together")
+            rule = default_rule(task) if colour_rule == "auto" else colour_rule
+            return [fuse_files(model, file_a, file_b, out_file, rule)]
+        if not out_dir:
+            raise click.UsageError("--data needs --out DIR")
+        pair_set = open_pair_set(data, task=task)
+        rule = default_rule(task or pair_set.task) if colour_rule == "auto" else colour_rule
+        with progress_bar(f"fuse {model.name}", len(pair_set.pairs), not quiet) as advance:
+            return fuse_set(model, pair_set, out_dir, rule, batch_size, advance)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from exc

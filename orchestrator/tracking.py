@@ -1,0 +1,111 @@
+"""MLflow as the record: experiment/run naming, batched metric logging, images, checkpoints.
+
+Embedded default: ``sqlite:///mlflow.db`` in the working directory with artifacts under
+``./mlartifacts`` (created by the driver before anything else writes, so parallel processes
+never race on the schema migrations). ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` point at a
+server instead. Experiments are named ``fusion/<model>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """CLI value, else ``MLFLOW_TRACKING_URI``, else the sqlite file in the working directory."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(name: str, uri: str) -> str:
+    """The experiment's id, creating it (artifacts under ./mlartifacts for sqlite stores)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flatten(prefix: str, value: Any, out: dict[str, str] | None = None) -> dict[str, str]:
+    """Nested dicts -> {"a.b": "value"} strings (MLflow params)."""
+    out = {} if out is None else out
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = str(value)[:6000]
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class MlflowRun:
+    """One MLflow run fed by the training loop's reporter callback."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, str],
+                 tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+                 ) -> None:
+        from mlflow.entities import Param, RunTag
+
+        self.client = _client(uri)
+        exp_id = ensure_experiment(experiment, uri)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        self.artifact_uri = run.info.artifact_uri
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100],
+                                  tags=[RunTag("source", "orchestrator")] if i == 0 else [])
+
+    def __call__(self, metrics: dict[str, float], info: dict) -> None:
+        """The training loop's ``report``: one batched call per epoch (+ the sample grid)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        epoch = int(info.get("epoch", metrics.get("epoch", 0)))
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        for step, terms in info.get("step_terms") or []:
+            batch += [Metric(f"step/{k}", float(v), now, step) for k, v in terms.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        if info.get("samples") is not None:
+            self.client.log_image(self.run_id, info["samples"], key="samples", step=epoch)
+
+    def log_checkpoint(self, path: str | Path, artifact_path: str = "checkpoints") -> str:
+        """Upload a checkpoint; tag its sha256; return the digest."""
+        digest = sha256_file(path)
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self.client.set_tag(self.run_id, f"{Path(path).stem}_sha256", digest)
+        return digest
+
+    def finish(self, status: str = "FINISHED", note: str = "") -> None:
+        if note:
+            self.client.set_tag(self.run_id, "status_note", note[:5000])
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,244 @@
+"""The one training loop: used by ``orchestrator train`` and by every sweep trial.
+
+``run_training(spec, report)`` builds the data (cached patch store), the model and its
+optimisers, runs the epochs, validates every ``eval_every`` epochs on full-size pairs, saves
+``best.pt`` and ``last.pt`` and hands each epoch's metrics to ``report``. It imports neither
+Ray nor MLflow: reporting and tracking are passed in, so the loop runs on machines without them.
+A NaN/Inf loss ends the run with status ``diverged`` and the step where it happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fusion_models.data import PairSet, generated_set, open_pair_set
+from fusion_models.data.colour import default_rule
+from fusion_models.data.patches import PatchStore
+from fusion_models.models.base import FusionModel
+from fusion_models.registry import build
+from orchestrator.config import RunSpec
+from orchestrator.validation import evaluate_model, load_val_pairs, sample_grid
+
+log = logging.getLogger(__name__)
+
+#: report(metrics, info): metrics are flat floats (``epoch``, ``train/*``, ``val/*``); info has
+#: ``epoch``, ``checkpoint`` (path of best.pt or None), ``last_checkpoint``, ``samples``
+#: (uint8 grid or None), ``step_terms`` (list of (global_step, {term: value})).
+Reporter = Callable[[dict[str, float], dict], None]
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class Diverged(RuntimeError):
+    """A loss term became NaN/Inf."""
+
+    def __init__(self, step: int, epoch: int, terms: dict[str, float]) -> None:
+        bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+        super().__init__(f"diverged at step {step} (epoch {epoch}): non-finite {bad}")
+        self.step, self.epoch, self.terms = step, epoch, bad
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`run_training`."""
+
+    status: str  # "finished" | "diverged"
+    epochs_run: int
+    best_value: float | None
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    reason: str = ""
+    diverged_step: int | None = None
+    run_id: str | None = None  # set by callers that track the run (MLflow)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the generator driving the data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def resolve_set(spec: RunSpec, value: str, cache_dir: Path) -> PairSet:
+    """A data entry of the spec: a set folder or ``generated:<kind>`` (cached)."""
+    if value.startswith("generated:"):
+        return generated_set(value.split(":", 1)[1], cache_dir / "generated")
+    return open_pair_set(spec.resolve_path(value), task=spec.data.task)
+
+
+def _make_model(spec: RunSpec, device: torch.device) -> FusionModel:
+    model = build(spec.model, spec.model_params()).to(device)
+    if device.type == "cuda":
+        model.amp_dtype = torch.bfloat16
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _loader(spec: RunSpec, model: FusionModel, train_set: PairSet, cache_dir: Path,
+            generator: torch.Generator) -> DataLoader:
+    rule = spec.data.colour
+    store = PatchStore.build_or_load(train_set, model.patch_spec(), cache_dir / "patches",
+                                     colour_rule=rule, task=spec.data.task)
+    if len(store) == 0:
+        raise ValueError(f"no training patches: the images of {train_set.root} are smaller "
+                         f"than the patch ({model.patch_spec()})")
+    batch = min(model.config.batch_size, len(store))
+    log.info("patch store %s: %d patches, batch %d", store.path, len(store), batch)
+    return DataLoader(store.dataset(model.input_scale), batch_size=batch, shuffle=True,
+                      drop_last=True, generator=generator, num_workers=spec.train.num_workers)
+
+
+def _train_epoch(model: FusionModel, loader: DataLoader, epoch: int, step0: int,
+                 max_steps: int | None, on_step: StepCallback | None
+                 ) -> tuple[dict[str, float], list[tuple[int, dict[str, float]]], int]:
+    """One epoch; returns (mean of each term, per-step terms, steps done)."""
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    steps: list[tuple[int, dict[str, float]]] = []
+    device = model.device
+    for i, batch in enumerate(loader):
+        if max_steps is not None and i >= max_steps:
+            break
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        terms = {k: float(v) for k, v in model.training_step(batch).items()}
+        step = step0 + i + 1
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise Diverged(step, epoch, terms)
+        for k, v in terms.items():
+            sums[k] += v
+        steps.append((step, terms))
+        if on_step:
+            on_step(step, terms)
+    n = max(1, len(steps))
+    return {f"train/{k}": v / n for k, v in sums.items()}, steps, len(steps)
+
+
+def _save(model: FusionModel, epoch: int, path: Path, metrics: dict[str, float]) -> str:
+    ckpt = model.checkpoint(epoch)
+    ckpt["metrics"] = {k: float(v) for k, v in metrics.items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    return str(path)
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+@dataclass
+class _Run:
+    """What :func:`run_training` sets up once."""
+
+    model: FusionModel
+    loader: DataLoader
+    val_pairs: list
+    out_dir: Path
+
+
+def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path) -> _Run:
+    generator = seed_everything(spec.train.seed)
+    device = resolve_device(spec.train.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = _make_model(spec, device)
+    train_set = resolve_set(spec, spec.data.train, cache_dir)
+    val_set = resolve_set(spec, spec.data.val or spec.data.train, cache_dir)
+    rule = spec.data.colour
+    if rule == "auto":
+        rule = default_rule(spec.data.task or val_set.task)
+    val_pairs = load_val_pairs(val_set, rule, spec.data.val_pairs)
+    return _Run(model, _loader(spec, model, train_set, cache_dir, generator), val_pairs, out_dir)
+
+
+def _validate(run: _Run, spec: RunSpec, epoch: int, metrics: dict[str, float],
+              result: TrainResult) -> np.ndarray | None:
+    """Validation metrics into ``metrics``; best.pt when the selection metric improved."""
+    t = spec.train
+    val_m, fused = evaluate_model(run.model, run.val_pairs, t.val_metrics)
+    metrics.update(val_m)
+    value = val_m.get(t.select_metric, float("nan"))
+    if _improved(value, result.best_value, t.select_mode):
+        result.best_value = value
+        result.best_checkpoint = _save(run.model, epoch, run.out_dir / "best.pt", metrics)
+    if not t.sample_pairs:
+        return None
+    return sample_grid(run.val_pairs[: t.sample_pairs], fused[: t.sample_pairs])
+
+
+def run_training(
+    spec: RunSpec,
+    report: Reporter | None = None,
+    out_dir: str | Path = "runs/last",
+    cache_dir: str | Path = ".fusion_cache",
+    on_step: StepCallback | None = None,
+    resume_from: str | Path | None = None,
+) -> TrainResult:
+    """Train one configuration.
+
+    Args:
+        spec: the validated run spec (model, data, fixed params, train settings).
+        report: called after every epoch with the metrics and info (see :data:`Reporter`).
+        out_dir: where ``best.pt`` and ``last.pt`` go.
+        cache_dir: generated data and patch stores (shared between runs).
+        on_step: called after every training step with (global step, loss terms).
+        resume_from: a ``last.pt`` to continue from (weights, optimisers, epoch).
+
+    Returns:
+        :class:`TrainResult`; ``status == "diverged"`` carries the step in ``diverged_step``.
+    """
+    run = _setup(spec, Path(out_dir), Path(cache_dir))
+    start_epoch, step = 0, 0
+    if resume_from is not None:
+        ckpt = torch.load(resume_from, map_location=run.model.device, weights_only=True)
+        run.model.load_checkpoint_state(ckpt)
+        start_epoch, step = ckpt["epoch"], int(ckpt.get("metrics", {}).get("step", 0))
+    result = TrainResult("finished", start_epoch, None, None, None)
+    epochs, t = run.model.config.epochs, spec.train
+    for epoch in range(start_epoch + 1, epochs + 1):
+        t0 = time.perf_counter()
+        try:
+            train_m, step_terms, n = _train_epoch(run.model, run.loader, epoch, step,
+                                                  t.max_steps_per_epoch, on_step)
+        except Diverged as exc:
+            log.error("%s", exc)
+            result.status, result.reason, result.diverged_step = "diverged", str(exc), exc.step
+            if report:
+                report({"epoch": float(epoch), "diverged": 1.0},
+                       {"epoch": epoch, "diverged": str(exc), "checkpoint": None})
+            return result
+        step += n
+        metrics = {"epoch": float(epoch), "step": float(step), **train_m,
+                   "time/epoch_s": time.perf_counter() - t0}
+        samples = None
+        if epoch % t.eval_every == 0 or epoch == epochs:
+            samples = _validate(run, spec, epoch, metrics, result)
+        result.last_checkpoint = _save(run.model, epoch, run.out_dir / "last.pt", metrics)
+        result.epochs_run = epoch
+        result.history.append(metrics)
+        if report:
+            report(metrics, {"epoch": epoch, "checkpoint": result.best_checkpoint,
+                             "last_checkpoint": result.last_checkpoint, "samples": samples,
+                             "step_terms": step_terms})
+    return result

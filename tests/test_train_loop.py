@@ -1,0 +1,104 @@
+"""The one training loop, `orchestrator train` (real MLflow on sqlite) and `orchestrator fuse`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from _tiny_model import TinyFuse
+from click.testing import CliRunner
+
+from fusion_models import registry
+from orchestrator.cli import main
+from orchestrator.config import load_spec
+from orchestrator.train import run_training
+
+SPEC = """model: tiny
+data: {train: "generated:ivif", val_pairs: 3}
+fixed: {epochs: 2}
+train: {eval_every: 1, seed: 3, device: cpu, max_steps_per_epoch: 8,
+        val_metrics: [EN, SF, Qabf, SSIM]}
+"""
+
+
+@pytest.fixture()
+def tiny(monkeypatch, tmp_path):
+    monkeypatch.setitem(registry.MODELS, "tiny", TinyFuse)
+    monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_loop_trains_validates_and_checkpoints(tiny, tmp_path):
+    spec = load_spec(tiny)
+    reports = []
+    result = run_training(spec, lambda m, i: reports.append((m, i)), tmp_path / "out",
+                          tmp_path / "cache")
+    assert result.status == "finished" and result.epochs_run == 2
+    assert [m["epoch"] for m, _ in reports] == [1.0, 2.0]
+    first, last = reports[0][0], reports[-1][0]
+    assert last["train/loss_g"] < first["train/loss_g"]
+    for key in ("val/EN", "val/SF", "val/Qabf", "val/SSIM", "val/SSIM_A", "val/degenerate"):
+        assert math.isfinite(last[key]), key
+    assert reports[-1][1]["samples"].dtype.name == "uint8"
+    assert len(reports[0][1]["step_terms"]) == 8
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
+    assert ckpt["model"] == "tiny" and ckpt["epoch"] == 2 and "state_dict" in ckpt
+    model, _ = registry.load_checkpoint(result.best_checkpoint)
+    assert isinstance(model, TinyFuse) and not model.training
+
+
+def test_same_seed_same_metrics(tiny, tmp_path):
+    spec = load_spec(tiny)
+    runs = [run_training(spec, None, tmp_path / f"o{i}", tmp_path / "cache").history
+            for i in range(2)]
+    keys = [k for k in runs[0][-1] if not k.startswith("time/")]
+    assert {k: runs[0][-1][k] for k in keys} == {k: runs[1][-1][k] for k in keys}
+
+
+def test_nan_ends_the_run_as_diverged(tiny, tmp_path):
+    spec = load_spec(tiny, ["nan_at_step=5"])
+    result = run_training(spec, None, tmp_path / "out", tmp_path / "cache")
+    assert result.status == "diverged" and result.diverged_step == 5
+    assert "loss_g" in result.reason and "step 5" in result.reason
+
+
+def test_train_cli_tracks_in_mlflow_and_fuse_then_eval(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(tiny), "--set", "lr_g=5e-3", "--out", "ck",
+                               "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "status: finished" in res.output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fusion/tiny")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr_g"] == "0.005" and run.data.params["train.seed"] == "3"
+    assert {"train/loss_g", "val/Qabf", "val/SSIM_B", "step/loss_g"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "step/loss_g")) == 16
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    assert len(run.data.tags["best_sha256"]) == 64
+    assert (tmp_path / "mlartifacts").is_dir()
+    data = tmp_path / "cache" / "generated" / "ivif-n8-s256-seed0-v1"
+    res = runner.invoke(main, ["fuse", "ck/best.pt", "--data", str(data), "--out", "fused",
+                               "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "fused").glob("*.png"))) == 8
+    res = runner.invoke(main, ["eval", "--data", str(data), "--fused", "fused", "--quiet",
+                               "--metrics", "EN,Qabf", "--json", "r.json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["timing"]["pairs"] == 8
+
+
+def test_unknown_parameter_is_rejected_with_the_valid_keys(tiny):
+    with pytest.raises(ValueError, match="valid parameters: .*lr_g"):
+        load_spec(tiny, ["lr=1"])
+    with pytest.raises(ValueError, match="tiny.yaml"):
+        load_spec(tiny, ["train.evall_every=1"])
