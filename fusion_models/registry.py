@@ -12,8 +12,11 @@ import torch
 from pydantic import ValidationError
 
 from fusion_models.models.base import FusionModel
+from fusion_models.models.densefuse import DenseFuse
 
-MODELS: dict[str, type[FusionModel]] = {}
+MODELS: dict[str, type[FusionModel]] = {
+    "densefuse": DenseFuse,
+}
 
 
 def list_models() -> list[str]:

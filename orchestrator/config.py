@@ -3,7 +3,8 @@
 A spec names the model, its data, the ``fixed`` overrides of the model's Config defaults and
 the training settings. Paths in ``data`` resolve relative to the YAML file; ``generated:ivif``
 and ``generated:mff`` name the project's own generated sets, so the committed YAMLs run on any
-machine. ``--set key=value`` overrides any entry: ``data.train=../shared/data/tno``,
+machine. ``--set key=value`` overrides any entry: ``data.train=../shared/data/tno`` (paths
+given on the command line are relative to the working directory),
 ``train.eval_every=2``, ``fixed.lr_g=2e-4`` or just ``lr_g=2e-4`` (a model parameter).
 Numbers such as ``1e-4`` (which PyYAML reads as a string) are accepted as floats.
 """
@@ -162,6 +163,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         if smoke:
             items = [(k.split("."), v) for k, v in SMOKE_OVERRIDES.items()] + items
         for keys, value in items:
+            if keys in (["data", "train"], ["data", "val"]) and isinstance(value, str) \
+                    and not value.startswith("generated:"):
+                value = str(Path(value).resolve())  # typed paths are relative to the CWD
             apply_override(raw, keys, value, fields)
         raw.setdefault("base_dir", str(path.resolve().parent))
         spec = RunSpec(**raw)
