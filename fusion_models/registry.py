@@ -13,9 +13,13 @@ from pydantic import ValidationError
 
 from fusion_models.models.base import FusionModel
 from fusion_models.models.densefuse import DenseFuse
+from fusion_models.models.mffgan import MFFGAN
+from fusion_models.models.pmgi import PMGI
 
 MODELS: dict[str, type[FusionModel]] = {
     "densefuse": DenseFuse,
+    "mffgan": MFFGAN,
+    "pmgi": PMGI,
 }
 
 

@@ -90,7 +90,13 @@ class RunSpec(_Strict):
     base_dir: str = "."
 
     def model_params(self) -> dict[str, Any]:
-        return dict(self.fixed)
+        """``fixed``, plus ``task`` from ``data.task`` for models whose Config has a task
+        (PMGI's per-task loss presets) when ``fixed`` does not set it."""
+        params = dict(self.fixed)
+        if self.data.task and "task" not in params \
+                and "task" in get_model_class(self.model).Config.model_fields:
+            params["task"] = self.data.task
+        return params
 
     def resolve_path(self, value: str) -> str:
         """A data entry as given (``generated:...``) or resolved against ``base_dir``."""
