@@ -15,11 +15,13 @@ from fusion_models.models.base import FusionModel
 from fusion_models.models.densefuse import DenseFuse
 from fusion_models.models.mffgan import MFFGAN
 from fusion_models.models.pmgi import PMGI
+from fusion_models.models.ufgan import UFGAN
 
 MODELS: dict[str, type[FusionModel]] = {
     "densefuse": DenseFuse,
     "mffgan": MFFGAN,
     "pmgi": PMGI,
+    "ufgan": UFGAN,
 }
 
 
