@@ -12,16 +12,20 @@ import torch
 from pydantic import ValidationError
 
 from fusion_models.models.base import FusionModel
+from fusion_models.models.ddcgan import DDcGAN
 from fusion_models.models.densefuse import DenseFuse
+from fusion_models.models.fusiongan import FusionGAN
 from fusion_models.models.mffgan import MFFGAN
 from fusion_models.models.pmgi import PMGI
 from fusion_models.models.ufgan import UFGAN
 
 MODELS: dict[str, type[FusionModel]] = {
-    "densefuse": DenseFuse,
+    "fusiongan": FusionGAN,
+    "ddcgan": DDcGAN,
     "mffgan": MFFGAN,
-    "pmgi": PMGI,
     "ufgan": UFGAN,
+    "densefuse": DenseFuse,
+    "pmgi": PMGI,
 }
 
 
