@@ -113,6 +113,13 @@ class FusionModel(nn.Module):
             y = y / 255.0
         return y.clamp(0.0, 1.0)
 
+    def optimizer_step(self, name: str, loss: Tensor) -> None:
+        """Zero the named optimiser's gradients, back-propagate ``loss``, step."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
     def checkpoint(self, epoch: int) -> dict:
         """Self-describing checkpoint: loads with ``torch.load(weights_only=True)``."""
         return {

@@ -249,13 +249,11 @@ class FusionGAN(FusionModel):
         ir, vi = batch["a_label"], batch["b_label"]
         with torch.no_grad(), self.autocast():
             fake = self.generator(x).float()
-        opt_d, loss_d = self.optimizers["d"], vi.new_zeros(())
+        loss_d = vi.new_zeros(())
         for _ in range(cfg.d_steps):
             with self.autocast():
                 loss = self._d_loss(vi, fake)
-            opt_d.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_d.step()
+            self.optimizer_step("d", loss)
             loss_d = loss_d + loss.detach().float() / cfg.d_steps
 
         set_requires_grad(self.discriminator, False)
@@ -267,10 +265,7 @@ class FusionGAN(FusionModel):
         loss_int, loss_grad = self.content_terms(fused.float(), ir, vi)
         loss_content = loss_int + cfg.w_grad * loss_grad
         loss_g = cfg.w_adv * loss_adv + cfg.w_content * loss_content
-        opt_g = self.optimizers["g"]
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        self.optimizer_step("g", loss_g)
         terms = {"loss_g": loss_g, "loss_d": loss_d, "loss_adv": loss_adv,
                  "loss_content": loss_content, "loss_int": loss_int, "loss_grad": loss_grad}
         return {k: v.detach() for k, v in terms.items()}

@@ -292,14 +292,12 @@ class MFFGAN(FusionModel):
 
     def _d_updates(self, real: Tensor, fake: Tensor) -> Tensor:
         """``d_steps`` D updates on (real, detached fake) gradient maps; mean D loss."""
-        cfg, opt_d = self.config, self.optimizers["d"]
+        cfg = self.config
         total = real.new_zeros(())
         for _ in range(cfg.d_steps):
             with self.autocast():
                 loss = d_loss(self.discriminator, real, fake, cfg.adversarial, cfg.lambda_gp)
-            opt_d.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_d.step()
+            self.optimizer_step("d", loss)
             total = total + loss.detach().float()
         return total / cfg.d_steps
 
@@ -330,10 +328,7 @@ class MFFGAN(FusionModel):
         loss_int, loss_grad = self.content_terms(fused, a, b)
         loss_content = loss_int + cfg.w_grad * loss_grad
         loss_g = cfg.w_adv * loss_adv + cfg.w_content * loss_content
-        opt_g = self.optimizers["g"]
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        self.optimizer_step("g", loss_g)
         terms = {"loss_g": loss_g, "loss_d": loss_d, "loss_adv": loss_adv,
                  "loss_content": loss_content, "loss_int": loss_int, "loss_grad": loss_grad}
         return {k: v.detach() for k, v in terms.items()}

@@ -196,10 +196,7 @@ class PMGI(FusionModel):
         loss_int = cfg.w_int_a * t["int_a"] + cfg.w_int_b * t["int_b"]
         loss_grad = cfg.w_grad_a * t["grad_a"] + cfg.w_grad_b * t["grad_b"]
         loss_g = cfg.w_content * (loss_int + loss_grad)
-        opt = self.optimizers["g"]
-        opt.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt.step()
+        self.optimizer_step("g", loss_g)
         out = {"loss_g": loss_g, "loss_int": loss_int, "loss_grad": loss_grad}
         out.update({f"loss_{k}": v for k, v in t.items()})
         return {k: v.detach() for k, v in out.items()}
