@@ -105,5 +105,27 @@ def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a:
     click.echo(f"wrote {len(written)} fused image(s) to {Path(written[0]).parent}")
 
 
+@main.command("ui")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="Store to browse (default sqlite:///mlflow.db here).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address (127.0.0.1: this machine only; use an SSH tunnel to reach it).")
+@click.option("--port", default=5000, show_default=True)
+def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI on the project's tracking store and print its URL."""
+    import os
+    import sys
+
+    from orchestrator.tracking import DEFAULT_ARTIFACTS, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--default-artifact-root", str(Path(DEFAULT_ARTIFACTS).resolve()),
+           "--host", host, "--port", str(port), "--workers", "1"]
+    click.echo(f"MLflow UI on {uri}: http://{host}:{port}  (Ctrl-C stops it)", err=True)
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)  # this process becomes the server: signals reach it
+
+
 if __name__ == "__main__":
     main()

@@ -102,3 +102,42 @@ def test_unknown_parameter_is_rejected_with_the_valid_keys(tiny):
         load_spec(tiny, ["lr=1"])
     with pytest.raises(ValueError, match="tiny.yaml"):
         load_spec(tiny, ["train.evall_every=1"])
+
+
+@pytest.mark.slow
+def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
+    """`orchestrator ui` starts a real MLflow server on 127.0.0.1 that answers /health."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # the server's workers share this group: stop them all
+    )
+    try:
+        deadline, body = time.monotonic() + 90, ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    body = r.read().decode()
+                    break
+            except OSError:
+                time.sleep(1)
+        assert body.strip() == "OK", proc.stdout.read() if proc.poll() is not None else body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
