@@ -169,7 +169,10 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path) -> _Run:
     if rule == "auto":
         rule = default_rule(spec.data.task or val_set.task)
     val_pairs = load_val_pairs(val_set, rule, spec.data.val_pairs)
-    return _Run(model, _loader(spec, model, train_set, cache_dir, generator), val_pairs, out_dir)
+    loader = _loader(spec, model, train_set, cache_dir, generator)
+    cap = spec.train.max_steps_per_epoch
+    model.steps_per_epoch = min(len(loader), cap) if cap else len(loader)
+    return _Run(model, loader, val_pairs, out_dir)
 
 
 def _validate(run: _Run, spec: RunSpec, epoch: int, metrics: dict[str, float],

@@ -51,6 +51,13 @@ def test_loop_trains_validates_and_checkpoints(tiny, tmp_path):
     assert isinstance(model, TinyFuse) and not model.training
 
 
+def test_loop_reports_batches_per_epoch_to_the_model(tiny, tmp_path):
+    from orchestrator.train import _setup
+
+    run = _setup(load_spec(tiny), tmp_path / "out", tmp_path / "cache")
+    assert run.model.steps_per_epoch == min(len(run.loader), 8) > 0
+
+
 def test_same_seed_same_metrics(tiny, tmp_path):
     spec = load_spec(tiny)
     runs = [run_training(spec, None, tmp_path / f"o{i}", tmp_path / "cache").history

@@ -50,6 +50,8 @@ class FusionModel(nn.Module):
         self.config = config
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.amp_dtype: torch.dtype | None = None  # set by the training loop (bf16 on CUDA)
+        # Training batches per epoch, set by the training loop (schedules defined per epoch).
+        self.steps_per_epoch: int | None = None
 
     # -- what every model implements -------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -40,7 +40,8 @@ Deliberate deviations from the authors' code:
   -log(D + 1e-8) losses are BCE-with-logits: the same values except where the 1e-8 clamp bit
   (losses above 18), far above every threshold of the schedule.
 - The decay period is the code's batches per epoch (``n_batches``), which the model cannot
-  know: ``lr_decay_steps`` (default 1000) stands in; set it to the data's batches per epoch.
+  know by itself: ``lr_decay_steps=None`` (default) uses the batches per epoch the training loop
+  reports (``steps_per_epoch``; 1000 when unknown), an integer fixes the period.
 - ``fuse`` of the multi-resolution variant takes ``a`` at FULL size (the common fuse(a, b)
   signature) and makes the 1/4 image itself with the training rule; H, W are reflect-padded
   to multiples of 4 and the output cropped back. (The code's test set ships IR{n}_ds.bmp.)
@@ -102,7 +103,8 @@ class Config(FusionConfig):
         lr_g: generator learning rate before decay (2e-4).
         lr_d: discriminators' learning rate before decay (2e-4).
         lr_decay_rate: factor of the continuous exponential decay (0.9).
-        lr_decay_steps: optimiser steps per decay period (code: batches per epoch; 1000 here).
+        lr_decay_steps: optimiser steps per decay period; None (default) = the code's batches
+            per epoch, as the training loop reports them (1000 when unknown).
         optimizer_g: ``rmsprop`` (TF1 semantics, the code's), ``adam`` or ``sgd``.
         optimizer_d: ``sgd`` (the code's), ``rmsprop`` (TF1 semantics) or ``adam``.
         clip_value: every parameter of the stepped network is clipped to [-clip, clip] after
@@ -131,7 +133,7 @@ class Config(FusionConfig):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     lr_decay_rate: float = Field(0.9, gt=0, le=1)
-    lr_decay_steps: int = Field(1000, ge=1)
+    lr_decay_steps: int | None = Field(None, ge=1)
     optimizer_g: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
     optimizer_d: Literal["sgd", "rmsprop", "adam"] = "sgd"
     clip_value: float | None = Field(8.0, gt=0)
@@ -256,7 +258,8 @@ class DDcGAN(FusionModel):
         """One step of solver ``key`` at the decayed lr, then the weight clipping (§3.4)."""
         c, opt = self.config, self.optimizers[key]
         base = c.lr_g if key.startswith("g") else c.lr_d
-        lr = base * c.lr_decay_rate ** (int(self.n_opt_steps) / c.lr_decay_steps)
+        period = c.lr_decay_steps or self.steps_per_epoch or 1000
+        lr = base * c.lr_decay_rate ** (int(self.n_opt_steps) / period)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)

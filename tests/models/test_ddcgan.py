@@ -111,6 +111,16 @@ def test_adaptive_schedule_alternates_and_is_bounded():
     assert lr == pytest.approx(2e-4 * 0.9 ** (8 / 4))
 
 
+def test_lr_decay_period_defaults_to_the_loops_batches_per_epoch():
+    """The code decays once per epoch of batches; the training loop reports that number."""
+    model = _model(patch=32, d_threshold=-1.0, g_threshold=-1.0, max_repeats=3)
+    model.steps_per_epoch = 2
+    model.training_step(_batch(32))
+    model.training_step(_batch(32))
+    lr = model.optimizers["g"].param_groups[0]["lr"]
+    assert lr == pytest.approx(2e-4 * 0.9 ** (8 / 2))
+
+
 def test_tf_rmsprop_starts_from_ones():
     p = torch.nn.Parameter(torch.tensor([1.0]))
     opt = TFRMSprop([p], lr=0.1)
