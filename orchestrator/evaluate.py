@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from fusion_models.baselines import fuse_baseline
-from fusion_models.data import DataError, PairSet, read_image, to_float255, write_image
+from fusion_models.data import DataError, PairSet, read_image, to_tensor255, write_image
 from fusion_models.metrics import METRICS, Convention, compute_metrics, get_convention, to_gray
 from fusion_models.metrics.diagnostics import degeneracy, describe
 from fusion_models.metrics.ssim import psnr_gt, ssim_gt
@@ -176,7 +176,7 @@ def _gt_path(gt_dir: Path, stem: str) -> Path:
 
 def _load(path: str) -> Tensor:
     """(C, H, W) float32 0..255 from an image file."""
-    return torch.from_numpy(np.ascontiguousarray(to_float255(read_image(path)).transpose(2, 0, 1)))
+    return to_tensor255(read_image(path))
 
 
 @dataclass

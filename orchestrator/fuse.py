@@ -8,19 +8,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from fusion_models.data import Pair, PairSet, load_pair, to_float255, write_image
+from fusion_models.data import Pair, PairSet, load_pair, to_tensor255, write_image
 from fusion_models.data.colour import plan_colour
 from fusion_models.models.base import FusionModel
 
 log = logging.getLogger(__name__)
-
-
-def _tensor(img: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(to_float255(img).transpose(2, 0, 1)))
 
 
 @torch.no_grad()
@@ -36,7 +31,7 @@ def fuse_tensors(model: FusionModel, a: Tensor, b: Tensor, rule: str) -> Tensor:
 def _groups(pairs: Sequence[Pair], batch_size: int) -> list[list[tuple[Pair, Tensor, Tensor]]]:
     by_shape: dict[tuple, list[tuple[Pair, Tensor, Tensor]]] = defaultdict(list)
     for pair in pairs:
-        a, b = (_tensor(x) for x in load_pair(pair))
+        a, b = (to_tensor255(x) for x in load_pair(pair))
         by_shape[(tuple(a.shape), tuple(b.shape))].append((pair, a, b))
     return [g[i : i + batch_size] for g in by_shape.values()
             for i in range(0, len(g), batch_size)]
@@ -65,7 +60,7 @@ def fuse_files(model: FusionModel, path_a: str | Path, path_b: str | Path,
                out_path: str | Path, rule: str) -> Path:
     """Fuse one pair of files into ``out_path``."""
     pair = Pair(Path(path_a).stem, Path(path_a), Path(path_b))
-    a, b = (_tensor(x)[None] for x in load_pair(pair))
+    a, b = (to_tensor255(x)[None] for x in load_pair(pair))
     fused = fuse_tensors(model.eval(), a, b, rule)[0]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     write_image(out_path, fused.permute(1, 2, 0).numpy())

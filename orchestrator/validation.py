@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusion_models.data import PairSet, load_pair, to_float255
+from fusion_models.data import PairSet, load_pair, to_tensor255
 from fusion_models.data.colour import ColourPlan, plan_colour
 from fusion_models.metrics import compute_metrics
 from fusion_models.metrics.diagnostics import degeneracy
@@ -38,8 +38,7 @@ def load_val_pairs(pair_set: PairSet, rule: str, limit: int) -> list[ValPair]:
     """The first ``limit`` pairs (by name), with their colour plans (0..255 tensors)."""
     out = []
     for pair in sorted(pair_set.pairs, key=lambda p: p.name)[:limit]:
-        a, b = (torch.from_numpy(np.ascontiguousarray(to_float255(x).transpose(2, 0, 1)))[None]
-                for x in load_pair(pair))
+        a, b = (to_tensor255(x)[None] for x in load_pair(pair))
         plan = plan_colour(a, b, rule)
         out.append(ValPair(pair.name, a, b, plan.luma_a, plan.luma_b, plan))
     return out

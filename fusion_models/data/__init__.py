@@ -24,6 +24,7 @@ from .io import (
     probe_image,
     read_image,
     to_float255,
+    to_tensor255,
     write_image,
 )
 from .pairs import (
@@ -78,6 +79,7 @@ __all__ = [
     "rgb_to_ihs",
     "rgb_to_ycbcr",
     "to_float255",
+    "to_tensor255",
     "validate",
     "write_image",
     "ycbcr_to_rgb",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -270,6 +271,11 @@ def to_float255(img: np.ndarray) -> np.ndarray:
         return (img.astype(np.float32) / np.float32(257.0)).astype(np.float32)
     raise DataError(f"to_float255 expects a uint8 or uint16 image, got {img.dtype}")
 
+
+
+def to_tensor255(img: np.ndarray) -> torch.Tensor:
+    """(H, W, C) uint8/uint16 image -> (C, H, W) float32 tensor on the 0..255 scale."""
+    return torch.from_numpy(np.ascontiguousarray(to_float255(img).transpose(2, 0, 1)))
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
     """Encode an image and write it atomically (temporary file, then rename).

@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from .io import IMAGE_EXTENSIONS, DataError, ImageReadError, probe_image, read_image, to_float255
+from .io import IMAGE_EXTENSIONS, DataError, ImageReadError, probe_image, read_image, to_tensor255
 
 logger = logging.getLogger(__name__)
 
@@ -316,10 +315,6 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(to_float255(img).transpose(2, 0, 1)))
-
-
 class PairDataset(Dataset):
     """Map-style dataset over a :class:`PairSet`.
 
@@ -337,7 +332,7 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, object]:
         pair = self.pair_set.pairs[index]
         a, b = load_pair(pair)
-        item: dict[str, object] = {"name": pair.name, "a": _to_tensor(a), "b": _to_tensor(b)}
+        item: dict[str, object] = {"name": pair.name, "a": to_tensor255(a), "b": to_tensor255(b)}
         if pair.path_gt is not None:
-            item["gt"] = _to_tensor(read_image(pair.path_gt))
+            item["gt"] = to_tensor255(read_image(pair.path_gt))
         return item

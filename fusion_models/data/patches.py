@@ -36,7 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import Dataset
 
 from .colour import default_rule, plan_colour
-from .io import DataError, to_float255
+from .io import DataError, to_tensor255
 from .pairs import PairSet, load_pair
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class _Sources:
 
 
 def _lumas(a: np.ndarray, b: np.ndarray, rule: str, task: str | None) -> tuple[np.ndarray, ...]:
-    ta, tb = (torch.from_numpy(to_float255(x).transpose(2, 0, 1).copy())[None] for x in (a, b))
+    ta, tb = (to_tensor255(x)[None] for x in (a, b))
     plan = plan_colour(ta, tb, rule, task)
     return plan.luma_a[0, 0].numpy(), plan.luma_b[0, 0].numpy()
 
