@@ -29,13 +29,19 @@ import torch
 from torch import Tensor
 
 from fusion_models.baselines import fuse_baseline
-from fusion_models.data import DataError, PairSet, read_image, to_tensor255, write_image
+from fusion_models.data import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    PairSet,
+    read_image,
+    to_tensor255,
+    write_image,
+)
 from fusion_models.metrics import METRICS, Convention, compute_metrics, get_convention, to_gray
 from fusion_models.metrics.diagnostics import degeneracy, describe
 from fusion_models.metrics.ssim import psnr_gt, ssim_gt
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GT_METRICS = {"PSNR_GT": True, "SSIM_GT": True}  # full-reference, higher is better
 
 
@@ -134,7 +140,6 @@ def plan_items(pair_set: PairSet, fused_dir: str | Path | None) -> list[EvalItem
         DataError: the fused folder is missing, empty, lacks fused images for some pairs, or
             holds two files with one stem.
     """
-    gt_dir = getattr(pair_set, "dir_gt", None)
     fused = _index_fused(Path(fused_dir), pair_set) if fused_dir is not None else {}
     return [
         EvalItem(
@@ -142,7 +147,7 @@ def plan_items(pair_set: PairSet, fused_dir: str | Path | None) -> list[EvalItem
             path_a=str(p.path_a),
             path_b=str(p.path_b),
             path_fused=str(fused[p.name]) if fused else None,
-            path_gt=str(_gt_path(gt_dir, p.name)) if gt_dir else None,
+            path_gt=str(p.path_gt) if p.path_gt else None,
         )
         for p in pair_set.pairs
     ]
@@ -153,7 +158,7 @@ def _index_fused(folder: Path, pair_set: PairSet) -> dict[str, Path]:
         raise DataError(f"fused folder {folder} does not exist or is not a folder")
     found: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES:
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS:
             if f.stem in found:
                 raise DataError(f"fused folder {folder}: two files share stem {f.stem!r}: "
                                 f"{found[f.stem].name}, {f.name}")
@@ -165,13 +170,6 @@ def _index_fused(folder: Path, pair_set: PairSet) -> dict[str, Path]:
             f"pairs of {pair_set.root}: {missing[:20]} (fused files pair with sources by stem)"
         )
     return found
-
-
-def _gt_path(gt_dir: Path, stem: str) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        if (gt_dir / f"{stem}{suffix}").is_file():
-            return gt_dir / f"{stem}{suffix}"
-    raise DataError(f"ground-truth folder {gt_dir} has no image for pair {stem!r}")
 
 
 def _load(path: str) -> Tensor:
