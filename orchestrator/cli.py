@@ -78,6 +78,36 @@ def train_command(spec: str, overrides: tuple[str, ...], smoke: bool, device: st
         raise click.ClickException(result.reason)
 
 
+@main.command("sweep")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--num-samples", type=int, default=None, help="Trials (default: tune.num_samples).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec entry: tune.num_samples=4, data.train=DIR, lr_g=2e-4.")
+@click.option("--address", default=None, help="Ray cluster: auto | ray://host:10001 "
+              "(default: a local Ray on this machine).")
+@click.option("--smoke", is_flag=True, help="2 trials of 1 short epoch: the same path, fast.")
+@click.option("--resume", is_flag=True, help="Resume the newest sweep of this model (or --name).")
+@click.option("--name", default=None, help="Sweep name (default <model>-<date-time>).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default sqlite:///mlflow.db here).")
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Generated data and patch stores (default FUSION_CACHE_DIR or ~/.cache).")
+@click.option("--quiet", is_flag=True, help="No live trial table.")
+def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...],
+                  address: str | None, smoke: bool, resume: bool, name: str | None,
+                  tracking_uri: str | None, cache_dir: str | None, quiet: bool) -> None:
+    """Search a model's hyperparameters (Ray Tune + Optuna + ASHA), every trial in MLflow."""
+    from orchestrator import sweep_cmd
+    from orchestrator.eval_cmd import cache_dir as default_cache
+    from orchestrator.sweep import SweepError
+
+    try:
+        sweep_cmd.run(spec, overrides, smoke, num_samples, address, resume, name,
+                      tracking_uri, cache_dir or str(default_cache()), quiet)
+    except (ValueError, SweepError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command("fuse")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", help="Set folder (two source sub-folders) to fuse.")

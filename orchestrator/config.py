@@ -114,6 +114,12 @@ SMOKE_OVERRIDES = {
 }
 
 
+#: Top-level YAML blocks that belong to the sweep (validated by ``orchestrator.search_space``)
+#: and to ``--smoke``; a run spec ignores them.
+SWEEP_KEYS = ("space", "tune", "resources", "storage", "tracking")
+RUN_KEYS = ("model", "data", "fixed", "train")
+
+
 def coerce_numbers(value: Any) -> Any:
     """Turn YAML strings like ``1e-4`` into floats, recursively."""
     if isinstance(value, str) and _FLOAT.match(value.strip()):
@@ -135,7 +141,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_override(raw: dict, path: list[str], value: Any, model_fields: set[str]) -> None:
     """Set one dotted key; a bare model parameter name goes to ``fixed``."""
-    if len(path) == 1 and path[0] not in ("model", "data", "fixed", "train"):
+    if len(path) == 1 and path[0] not in (*RUN_KEYS, *SWEEP_KEYS):
         if path[0] not in model_fields:
             raise KeyError(f"--set {path[0]}: not a top-level key or a parameter of "
                            f"{raw.get('model')}; valid parameters: {sorted(model_fields)}")
@@ -148,14 +154,8 @@ def apply_override(raw: dict, path: list[str], value: Any, model_fields: set[str
     node[path[-1]] = value
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-              smoke: bool = False) -> RunSpec:
-    """Read, override and validate a spec YAML.
-
-    Raises:
-        ValueError: naming the YAML file and the offending key (unknown keys list the valid
-            ones; ``fixed`` keys are checked against the model's Config).
-    """
+def read_yaml(path: str | Path) -> dict:
+    """The YAML mapping of a spec file (numbers like ``1e-4`` as floats)."""
     path = Path(path)
     try:
         raw = coerce_numbers(yaml.safe_load(path.read_text()) or {})
@@ -163,23 +163,59 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise ValueError(f"{path}: cannot read the spec: {exc}") from None
     if not isinstance(raw, dict) or "model" not in raw:
         raise ValueError(f"{path}: expected a mapping with a 'model' key")
+    unknown = sorted(set(raw) - {*RUN_KEYS, *SWEEP_KEYS, "smoke", "base_dir"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown}; valid keys: "
+                         f"{sorted({*RUN_KEYS, *SWEEP_KEYS, 'smoke'})}")
+    return raw
+
+
+def _smoke_items(raw: dict, path: Path) -> list[tuple[list[str], Any]]:
+    """The generic smoke overrides, then the YAML's own ``smoke:`` block (dotted keys)."""
+    block = raw.get("smoke") or {}
+    if not isinstance(block, dict):
+        raise ValueError(f"{path}: smoke: expected a mapping of dotted keys to values")
+    merged = {**SMOKE_OVERRIDES, **block}
+    return [(k.split("."), v) for k, v in merged.items()]
+
+
+def load_spec_and_extras(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                         smoke: bool = False) -> tuple[RunSpec, dict[str, Any]]:
+    """Read, override and validate a spec YAML; also return its sweep blocks (raw, overridden).
+
+    Override order: the YAML, then (``smoke``) the generic smoke settings and the YAML's
+    ``smoke:`` block, then ``overrides`` (``--set``).
+
+    Raises:
+        ValueError: naming the YAML file and the offending key (unknown keys list the valid
+            ones; ``fixed`` keys are checked against the model's Config).
+    """
+    path = Path(path)
+    raw = read_yaml(path)
     try:
         fields = set(get_model_class(raw["model"]).Config.model_fields)
-        items = [parse_override(o) for o in overrides]
-        if smoke:
-            items = [(k.split("."), v) for k, v in SMOKE_OVERRIDES.items()] + items
+        items = _smoke_items(raw, path) if smoke else []
+        items += [parse_override(o) for o in overrides]
         for keys, value in items:
             if keys in (["data", "train"], ["data", "val"]) and isinstance(value, str) \
                     and not value.startswith("generated:"):
                 value = str(Path(value).resolve())  # typed paths are relative to the CWD
             apply_override(raw, keys, value, fields)
         raw.setdefault("base_dir", str(path.resolve().parent))
+        extras = {k: raw.pop(k) for k in SWEEP_KEYS if k in raw}
+        raw.pop("smoke", None)
         spec = RunSpec(**raw)
         _check_fixed(spec, fields)
     except (KeyError, ValidationError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ValueError(f"{path}: {message}") from None
-    return spec
+    return spec, extras
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+              smoke: bool = False) -> RunSpec:
+    """The run spec of a YAML (see :func:`load_spec_and_extras`); sweep blocks are ignored."""
+    return load_spec_and_extras(path, overrides, smoke)[0]
 
 
 def _check_fixed(spec: RunSpec, fields: set[str]) -> None:

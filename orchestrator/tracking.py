@@ -84,6 +84,16 @@ class MlflowRun:
             self.client.log_batch(self.run_id, params=items[i : i + 100],
                                   tags=[RunTag("source", "orchestrator")] if i == 0 else [])
 
+    @classmethod
+    def reattach(cls, uri: str, run_id: str) -> MlflowRun:
+        """Continue an existing run (a resumed trial): marked RUNNING again, nothing re-logged."""
+        obj = cls.__new__(cls)
+        obj.client = _client(uri)
+        obj.run_id = run_id
+        obj.artifact_uri = obj.client.get_run(run_id).info.artifact_uri
+        obj.client.update_run(run_id, status="RUNNING")
+        return obj
+
     def __call__(self, metrics: dict[str, float], info: dict) -> None:
         """The training loop's ``report``: one batched call per epoch (+ the sample grid)."""
         from mlflow.entities import Metric
@@ -109,3 +119,19 @@ class MlflowRun:
         if note:
             self.client.set_tag(self.run_id, "status_note", note[:5000])
         self.client.set_terminated(self.run_id, status=status)
+
+
+def child_runs(uri: str, parent_run_id: str, extra_filter: str = "") -> list:
+    """The child runs of a parent run (newest first)."""
+    client = _client(uri)
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    if extra_filter:
+        query += f" and {extra_filter}"
+    return client.search_runs([exp_id], filter_string=query, max_results=5000)
+
+
+def find_child_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
+    """The run id of the child run tagged with this Tune trial id, if there is one."""
+    runs = child_runs(uri, parent_run_id, f"tags.trial_id = '{trial_id}'")
+    return runs[0].info.run_id if runs else None

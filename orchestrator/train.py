@@ -158,11 +158,43 @@ class _Run:
     out_dir: Path
 
 
-def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path) -> _Run:
-    generator = seed_everything(spec.train.seed)
+def sync_gradients(model: FusionModel, world_size: int) -> None:
+    """Data-parallel training for multi-network models: before every optimiser step, average
+    that optimiser's gradients over the ``world_size`` ranks (one flat all-reduce). Every rank
+    starts from the same seed, hence the same weights, and sees its own batches."""
+    import torch.distributed as dist
+
+    def average(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    for opt in model.optimizers.values():
+        opt.register_step_pre_hook(average)
+
+
+def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, rank: int = 0,
+           world_size: int = 1) -> _Run:
+    seed_everything(spec.train.seed)  # same weights on every rank
+    generator = torch.Generator().manual_seed(spec.train.seed + rank)  # own batches per rank
     device = resolve_device(spec.train.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _make_model(spec, device)
+    if world_size > 1:
+        if model.data_dependent_steps:
+            raise ValueError(f"{spec.model}: its optimiser steps per batch depend on the loss "
+                             "values, so it cannot train on several workers (resources.workers"
+                             " must be 1)")
+        sync_gradients(model, world_size)
     train_set = resolve_set(spec, spec.data.train, cache_dir)
     val_set = resolve_set(spec, spec.data.val or spec.data.train, cache_dir)
     rule = spec.data.colour
@@ -197,6 +229,8 @@ def run_training(
     cache_dir: str | Path = ".fusion_cache",
     on_step: StepCallback | None = None,
     resume_from: str | Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainResult:
     """Train one configuration.
 
@@ -207,11 +241,14 @@ def run_training(
         cache_dir: generated data and patch stores (shared between runs).
         on_step: called after every training step with (global step, loss terms).
         resume_from: a ``last.pt`` to continue from (weights, optimisers, epoch).
+        rank, world_size: data-parallel position (Ray Train workers): the same initial
+            weights on every rank, a rank-specific data order, gradients averaged over ranks
+            (``torch.distributed`` must be initialised when ``world_size > 1``).
 
     Returns:
         :class:`TrainResult`; ``status == "diverged"`` carries the step in ``diverged_step``.
     """
-    run = _setup(spec, Path(out_dir), Path(cache_dir))
+    run = _setup(spec, Path(out_dir), Path(cache_dir), rank, world_size)
     start_epoch, step = 0, 0
     if resume_from is not None:
         ckpt = torch.load(resume_from, map_location=run.model.device, weights_only=True)

@@ -45,6 +45,12 @@ class FusionModel(nn.Module):
     Config: ClassVar[type[FusionConfig]]
     input_scale: ClassVar[Scale] = "pm1"
 
+    @property
+    def data_dependent_steps(self) -> bool:
+        """True when the number of optimiser steps per batch depends on loss values (then
+        ranks of a data-parallel run would disagree): such models train on one worker."""
+        return False
+
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
         self.config = config

@@ -203,6 +203,11 @@ class DDcGAN(FusionModel):
     Config: ClassVar[type[FusionConfig]] = Config
     input_scale: ClassVar[Literal["pm1", "unit", "raw"]] = "unit"
 
+    @property
+    def data_dependent_steps(self) -> bool:
+        """The threshold loops repeat steps while losses exceed thresholds."""
+        return self.config.max_repeats > 1
+
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.config: Config = config

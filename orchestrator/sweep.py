@@ -1,0 +1,189 @@
+"""`orchestrator sweep`: Ray Tune + Optuna over one model's search space.
+
+The driver validates the YAML, checks the resource request against the cluster (an
+unschedulable trial is an error, never a silent hang), opens the sweep's MLflow parent run,
+then runs ``Tuner.fit``: OptunaSearch (TPE, seeded, define-by-run for conditional entries,
+study persisted in sqlite beside the Tune results) behind ``max_concurrent``, ASHA on the
+reported ``epoch``. Each trial is :mod:`orchestrator.trial`. ``--resume`` restores the newest
+sweep of the YAML's model (or ``--name``) from its Tune folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.search_space import SpaceSampler, SweepSpec
+from orchestrator.trial import TrialContext, train_driver, tune_trial
+
+log = logging.getLogger(__name__)
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start (resources, resume target)."""
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep hands back to the CLI."""
+
+    name: str
+    path: Path
+    parent_run_id: str
+    tracking_uri: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+    best_fused_dir: str | None = None
+
+
+def check_resources(spec: SweepSpec, cluster: dict[str, float],
+                    nodes: list[dict[str, float]]) -> None:
+    """Raise :class:`SweepError` when one trial (or one of its workers) cannot be placed.
+
+    Args:
+        cluster: ``ray.cluster_resources()``; nodes: each alive node's resources.
+    """
+    r = spec.resources
+    need = r.per_trial()
+    have = {k: float(cluster.get(k, 0.0)) for k in ("CPU", "GPU")}
+    short = [k for k in ("CPU", "GPU") if need[k] > have[k] + 1e-9]
+    worker = {"CPU": r.cpu_per_worker, "GPU": r.gpu_per_worker}
+    fits_node = any(all(n.get(k, 0.0) + 1e-9 >= worker[k] for k in worker) for n in nodes)
+    if short or not fits_node:
+        what = (f"{r.workers} worker(s) x {worker} + driver {{'CPU': {r.driver_cpu}}}"
+                if r.workers else f"{worker} in the trial process")
+        raise SweepError(
+            f"{spec.source}: resources: one trial needs {need} ({what}) but the cluster has "
+            f"{have} over {len(nodes)} node(s)"
+            + ("" if fits_node else f"; no single node offers {worker} for one worker")
+            + ". Lower resources.cpu_per_worker/gpu_per_worker/workers or add nodes.")
+
+
+def _ray_init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on 127.0.0.1
+    ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def _nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def find_sweep(storage: Path, model: str, name: str | None) -> Path:
+    """The Tune folder to resume: ``storage/name`` or the newest ``storage/<model>-*``."""
+    from ray import tune
+
+    if name:
+        candidates = [storage / name]
+    else:
+        candidates = sorted(storage.glob(f"{model}-*"), key=lambda p: p.stat().st_mtime,
+                            reverse=True)
+    for path in candidates:
+        if tune.Tuner.can_restore(str(path)):
+            return path
+    raise SweepError(f"--resume: no restorable sweep {'named ' + name if name else 'of ' + model}"
+                     f" under {storage}")
+
+
+def _searcher(spec: SweepSpec, name: str, folder: Path):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    t = spec.tune
+    multi = len(t.metrics) > 1
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
+    return OptunaSearch(space=SpaceSampler(spec.space), metric=t.metrics if multi else t.metrics[0],
+                        mode=t.modes if multi else t.modes[0], seed=t.seed, study_name=name,
+                        storage=storage)
+
+
+def _scheduler(spec: SweepSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.tune.scheduler
+    if s.kind == "none" or spec.epochs <= s.grace_period:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", metric=spec.tune.metrics[0], mode=spec.tune.modes[0],
+                         max_t=spec.epochs, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor)
+
+
+def _trainable(spec: SweepSpec, ctx: TrialContext):
+    from functools import partial
+
+    from ray import tune
+
+    r = spec.resources
+    if r.workers == 0:
+        fn = partial(tune_trial, ctx=ctx)
+        res = {"cpu": r.cpu_per_worker, "gpu": r.gpu_per_worker}
+    else:
+        fn = partial(train_driver, ctx=ctx)
+        res = {"cpu": r.driver_cpu}
+    fn.__name__ = f"{spec.run.model}_trial"
+    return tune.with_resources(fn, res)
+
+
+def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: Path, resume: Path | None,
+           verbose: int):
+    from ray import tune
+
+    trainable = _trainable(spec, ctx)
+    if resume is not None:
+        return tune.Tuner.restore(str(resume), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    tune_config = tune.TuneConfig(
+        num_samples=spec.tune.num_samples, search_alg=_searcher(spec, name, storage / name),
+        scheduler=_scheduler(spec), max_concurrent_trials=spec.tune.max_concurrent,
+        reuse_actors=spec.resources.workers == 0)
+    run_config = tune.RunConfig(
+        name=name, storage_path=str(storage), verbose=verbose,
+        failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures))
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
+              name: str | None = None, tracking_uri: str | None = None,
+              cache_dir: str = ".fusion_cache", verbose: int = 1) -> SweepOutcome:
+    """Run (or resume) a sweep; return its trials, best trial and Pareto front."""
+    import ray
+
+    from orchestrator import sweep_record as record
+    from orchestrator.tracking import resolve_tracking_uri
+
+    storage = Path(spec.storage).resolve()
+    target = find_sweep(storage, spec.run.model, name) if resume else None
+    name = target.name if target else (name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking)
+    _ray_init(address)
+    check_resources(spec, ray.cluster_resources(), _nodes())
+    parent = record.open_parent(spec, name, uri, resume=target is not None)
+    r = spec.resources
+    ctx = TrialContext(
+        run_spec=spec.run.model_dump(mode="json"), tune=spec.tune.model_dump(mode="json"),
+        tracking_uri=uri, experiment=f"fusion/{spec.run.model}", parent_run_id=parent,
+        sweep_name=name, cache_dir=str(Path(cache_dir).resolve()), workers=r.workers,
+        use_gpu=r.gpu_per_worker > 0, cpu_per_worker=r.cpu_per_worker,
+        gpu_per_worker=r.gpu_per_worker, storage=str(storage))
+    try:
+        grid = _tuner(spec, ctx, name, storage, target, verbose).fit()
+    except BaseException as exc:
+        record.close_parent(uri, parent, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    outcome = SweepOutcome(name, storage / name, parent, uri)
+    record.summarise(spec, grid, outcome)
+    return outcome

@@ -1,0 +1,88 @@
+"""`orchestrator sweep`: load the YAML, run the sweep, fuse the best trial's validation pairs,
+print the best trial and the commands to run next."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+def fuse_best(outcome, spec, cache_dir: str) -> str | None:
+    """Fuse the validation pairs with the best trial's best checkpoint into
+    ``<sweep folder>/best_fused``; return the folder (None without a best checkpoint)."""
+    from mlflow.artifacts import download_artifacts
+
+    from fusion_models.data.colour import default_rule
+    from fusion_models.registry import load_checkpoint
+    from orchestrator.fuse import fuse_set
+    from orchestrator.train import resolve_set
+
+    if not outcome.best or not outcome.best.get("run_id"):
+        return None
+    try:
+        local = download_artifacts(run_id=outcome.best["run_id"],
+                                   artifact_path="checkpoints/best.pt",
+                                   dst_path=str(outcome.path / "best_checkpoint"),
+                                   tracking_uri=outcome.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - mlflow raises several types; report and go on
+        log.warning("best checkpoint of run %s not available: %s", outcome.best["run_id"], exc)
+        return None
+    run = spec.run
+    pair_set = resolve_set(run, run.data.val or run.data.train, Path(cache_dir))
+    rule = run.data.colour
+    if rule == "auto":
+        rule = default_rule(run.data.task or pair_set.task)
+    model, _ = load_checkpoint(local, map_location="cpu")
+    out = outcome.path / "best_fused"
+    fuse_set(model, pair_set, out, rule)
+    return str(out)
+
+
+def echo_outcome(outcome, spec) -> None:
+    """The closing lines: trial counts, best trial, Pareto front, next commands."""
+    rows = outcome.trials
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped", "error")}
+    click.echo(f"sweep {outcome.name}: {len(rows)} trials ({counts['finished']} finished, "
+               f"{counts['stopped']} stopped early by ASHA, {counts['error']} errored)")
+    click.echo(f"trial table: {outcome.path / 'trials.csv'}  (MLflow parent run "
+               f"{outcome.parent_run_id})")
+    for row in rows:
+        if row["status"] == "error":
+            click.echo(f"  errored trial {row['trial_id']}: {row['error']}")
+    if outcome.best:
+        metric = spec.tune.metrics[0]
+        params = {k[6:]: v for k, v in outcome.best.items() if k.startswith("param.")}
+        click.echo(f"best trial {outcome.best['trial_id']}: {metric} = "
+                   f"{float(outcome.best[metric]):.4f}  params {params}  "
+                   f"(mlflow run {outcome.best['run_id']})")
+    for p in outcome.pareto:
+        values = {k: round(v, 4) for k, v in p["values"].items() if math.isfinite(v)}
+        click.echo(f"  pareto: optuna trial {p['number']} {values} {p['params']}")
+    if outcome.best_fused_dir:
+        click.echo(f"best trial's fused validation images: {outcome.best_fused_dir}")
+    model = spec.run.model
+    click.echo("next:")
+    click.echo("  orchestrator ui                                   # browse every trial")
+    click.echo(f"  orchestrator promote {outcome.name} --alias champion")
+    click.echo(f"  orchestrator fuse models:/fusion-{model}@champion --data SET --out fused/")
+
+
+def run(spec_path: str, overrides: tuple[str, ...], smoke: bool, num_samples: int | None,
+        address: str | None, resume: bool, name: str | None, tracking_uri: str | None,
+        cache_dir: str, quiet: bool):
+    """Load, sweep, summarise; returns the :class:`~orchestrator.sweep.SweepOutcome`."""
+    from orchestrator.search_space import load_sweep
+    from orchestrator.sweep import run_sweep
+
+    spec = load_sweep(spec_path, overrides, smoke=smoke, num_samples=num_samples)
+    outcome = run_sweep(spec, address=address, resume=resume, name=name,
+                        tracking_uri=tracking_uri, cache_dir=cache_dir,
+                        verbose=0 if quiet else 1)
+    outcome.best_fused_dir = fuse_best(outcome, spec, cache_dir)
+    echo_outcome(outcome, spec)
+    return outcome

@@ -1,0 +1,178 @@
+"""The sweep's MLflow parent run: opened before any trial, summarised after the last.
+
+Parent run (experiment ``fusion/<model>``, run name = sweep name, tag ``sweep_name``): the
+resolved YAML, git SHA, a sha256 per data set; at the end the trial table (CSV), the best
+trial, the Pareto front (multi-objective), Optuna parameter importances. Child runs left
+RUNNING by early-stopped trials are closed (tag ``early_stopped``); errored trials FAILED.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.search_space import SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+def data_digest(value: str, spec: SweepSpec) -> str:
+    """sha256 over a set's pair files (names and bytes); generated sets hash their name."""
+    if value.startswith("generated:"):
+        return hashlib.sha256(value.encode()).hexdigest()
+    from fusion_models.data import open_pair_set
+
+    h = hashlib.sha256()
+    for pair in open_pair_set(spec.run.resolve_path(value), task=spec.run.data.task).pairs:
+        for path in (pair.path_a, pair.path_b):
+            h.update(Path(path).name.encode())
+            h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def find_parent(uri: str, model: str, sweep: str) -> str | None:
+    """The parent run id of a sweep (by its name), or None."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(f"fusion/{model}")
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.sweep_name = '{sweep}'")
+    return runs[0].info.run_id if runs else None
+
+
+def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
+    """Create the parent run (or reopen it on ``--resume``); return its id."""
+    from orchestrator.tracking import ensure_experiment
+    from orchestrator.train_cmd import git_sha
+
+    client = _client(uri)
+    if resume:
+        run_id = find_parent(uri, spec.run.model, name)
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+    exp_id = ensure_experiment(f"fusion/{spec.run.model}", uri)
+    data = spec.run.data
+    tags = {"sweep_name": name, "model": spec.run.model, "git_sha": git_sha(),
+            "spec": spec.source, "kind": "sweep"}
+    for role, value in (("train", data.train), ("val", data.val or data.train)):
+        tags[f"data.{role}"] = value
+        tags[f"data.{role}.sha256"] = data_digest(value, spec)
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    resolved = spec.model_dump(mode="json")
+    client.log_text(run.info.run_id, yaml.safe_dump(resolved, sort_keys=False), "sweep.yaml")
+    client.log_param(run.info.run_id, "num_samples", spec.tune.num_samples)
+    return run.info.run_id
+
+
+def close_parent(uri: str, run_id: str, status: str, note: str = "") -> None:
+    client = _client(uri)
+    if note:
+        client.set_tag(run_id, "status_note", note[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def _trial_rows(spec: SweepSpec, grid: Any, uri: str, parent: str) -> list[dict[str, Any]]:
+    from orchestrator.tracking import child_runs
+
+    by_trial = {r.data.tags.get("trial_id"): r for r in child_runs(uri, parent)}
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = str(metrics.get("trial_id", ""))
+        child = by_trial.get(trial_id)
+        epoch = int(metrics.get("epoch", 0) or 0)
+        row = {"trial_id": trial_id, "status": "error" if result.error else
+               ("stopped" if epoch < spec.epochs else "finished"), "epoch": epoch,
+               "run_id": child.info.run_id if child else "",
+               "error": str(result.error).splitlines()[0][:300] if result.error else ""}
+        row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
+        for m in spec.tune.metrics + ["val/degenerate"]:
+            row[m] = metrics.get(m, float("nan"))
+        rows.append(row)
+    return rows
+
+
+def _close_children(uri: str, rows: list[dict[str, Any]]) -> None:
+    client = _client(uri)
+    for row in rows:
+        if not row["run_id"]:
+            continue
+        run = client.get_run(row["run_id"])
+        if row["status"] == "stopped":
+            client.set_tag(row["run_id"], "early_stopped", f"epoch {row['epoch']}")
+        if run.info.status == "RUNNING":
+            status = "FAILED" if row["status"] == "error" else "FINISHED"
+            client.set_terminated(row["run_id"], status=status)
+
+
+def _best(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    metric, mode = spec.tune.metrics[0], spec.tune.modes[0]
+    ok = [r for r in rows if r["status"] != "error" and math.isfinite(float(r[metric]))]
+    if not ok:
+        return None
+    return (max if mode == "max" else min)(ok, key=lambda r: float(r[metric]))
+
+
+def _study_extras(spec: SweepSpec, outcome: Any) -> tuple[list[dict], dict[str, float] | str]:
+    """Pareto front (multi-objective) and parameter importances from the Optuna study."""
+    import optuna
+
+    storage = f"sqlite:///{outcome.path / 'optuna.db'}"
+    try:
+        study = optuna.load_study(study_name=outcome.name, storage=storage)
+    except (KeyError, ValueError) as exc:
+        return [], f"no study: {exc}"
+    pareto = []
+    if len(spec.tune.metrics) > 1:
+        pareto = [{"number": t.number, "params": t.params,
+                   "values": dict(zip(spec.tune.metrics, t.values, strict=True))}
+                  for t in study.best_trials]
+    try:
+        target = (lambda t: t.values[0]) if len(spec.tune.metrics) > 1 else None
+        importances: dict[str, float] | str = {
+            k: float(v) for k, v in
+            optuna.importance.get_param_importances(study, target=target).items()}
+    except (RuntimeError, ValueError) as exc:  # too few finished trials or parameters
+        importances = f"not computed: {exc}"
+    return pareto, importances
+
+
+def summarise(spec: SweepSpec, grid: Any, outcome: Any) -> None:
+    """Trial table, best trial, Pareto front and importances onto the parent run; close it."""
+    uri, parent = outcome.tracking_uri, outcome.parent_run_id
+    rows = _trial_rows(spec, grid, uri, parent)
+    _close_children(uri, rows)
+    outcome.trials, outcome.best = rows, _best(spec, rows)
+    outcome.pareto, importances = _study_extras(spec, outcome)
+    client = _client(uri)
+    buf = io.StringIO()
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("param."), k))
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    (outcome.path / "trials.csv").write_text(buf.getvalue())
+    client.log_text(parent, buf.getvalue(), "trials.csv")
+    summary = {"best": outcome.best, "pareto_front": outcome.pareto,
+               "param_importances": importances, "trials": len(rows),
+               "errors": sum(r["status"] == "error" for r in rows)}
+    client.log_text(parent, json.dumps(summary, indent=1, default=str), "summary.json")
+    if outcome.best:
+        client.set_tag(parent, "best_run_id", outcome.best["run_id"])
+        metric = spec.tune.metrics[0]
+        client.log_metric(parent, f"best/{metric}", float(outcome.best[metric]))
+    close_parent(uri, parent, "FINISHED")

@@ -1,0 +1,180 @@
+"""One sweep trial: the shared training loop inside a Tune trial (``workers: 0``) or inside
+every Ray Train worker of a ``TorchTrainer`` that a Tune function fits (``workers >= 1``, the
+Ray 2.60 V2 pattern: Tune's ``Tuner(trainer)`` is not supported there).
+
+Each trial logs to ONE MLflow child run of the sweep's parent run, from rank 0 only. The child
+run is found again by its ``trial_id`` tag when Tune restores the trial (``--resume``), so a
+resumed trial continues its run instead of opening a duplicate. Every epoch reports to Tune
+with a checkpoint folder holding ``last.pt``; a restored trial continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Metric keys relayed to Tune (no step-level noise): the loop's epoch, loss means, metrics.
+_REPORTED_PREFIXES = ("train/", "val/", "time/")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs, picklable (closed over by the trainable)."""
+
+    run_spec: dict  # RunSpec.model_dump()
+    tune: dict  # TuneSpec.model_dump()
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    sweep_name: str
+    cache_dir: str
+    workers: int
+    use_gpu: bool
+    cpu_per_worker: float
+    gpu_per_worker: float
+    storage: str
+
+
+def trial_spec(ctx: TrialContext, params: dict[str, Any]):
+    """The trial's RunSpec: the sweep's run spec with the sampled parameters in ``fixed``."""
+    from orchestrator.config import RunSpec
+
+    raw = dict(ctx.run_spec)
+    raw["fixed"] = {**raw.get("fixed", {}), **params}
+    if ctx.use_gpu:
+        raw["train"] = {**raw["train"], "device": "cuda"}
+    return RunSpec(**raw)
+
+
+def open_child_run(ctx: TrialContext, trial_id: str, trial_name: str, spec):
+    """The trial's MLflow child run: the existing one with this trial_id, else a new one."""
+    from orchestrator.tracking import MlflowRun, find_child_run
+    from orchestrator.train_cmd import run_params
+
+    existing = find_child_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
+    if existing is not None:
+        return MlflowRun.reattach(ctx.tracking_uri, existing)
+    tags = {"trial_id": trial_id, "sweep": ctx.sweep_name, "model": spec.model}
+    return MlflowRun(ctx.tracking_uri, ctx.experiment, trial_name, run_params(spec), tags,
+                     parent_run_id=ctx.parent_run_id)
+
+
+class TrialReporter:
+    """The loop's ``report``: MLflow (rank 0), best checkpoint upload, then Tune/Train report."""
+
+    def __init__(self, ctx: TrialContext, mlflow_run, report_fn, checkpoint_cls) -> None:
+        from orchestrator.search_space import TuneSpec
+
+        self.tune = TuneSpec(**ctx.tune)
+        self.run = mlflow_run
+        self.report_fn, self.checkpoint_cls = report_fn, checkpoint_cls
+
+    def __call__(self, metrics: dict[str, float], info: dict) -> None:
+        from orchestrator.search_space import objective_values
+
+        if "diverged" in info:
+            raise RuntimeError(f"trial diverged: {info['diverged']}")
+        if self.run is not None:
+            self.run(metrics, info)
+            if info.get("checkpoint"):
+                digest = self.run.log_checkpoint(info["checkpoint"])
+                self.run.client.set_tag(self.run.run_id, "best_sha256", digest)
+        out = {k: float(v) for k, v in metrics.items() if k.startswith(_REPORTED_PREFIXES)}
+        out["epoch"] = float(info["epoch"])
+        if any(m in metrics for m in self.tune.metrics):
+            objective_values(metrics, self.tune)  # NaN objective -> error, never a silent rank
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.run is not None and info.get("last_checkpoint"):
+                shutil.copy(info["last_checkpoint"], Path(tmp) / "last.pt")
+                (Path(tmp) / "run_id").write_text(self.run.run_id)
+                checkpoint = self.checkpoint_cls.from_directory(tmp)
+            self.report_fn(out, checkpoint=checkpoint)
+
+
+def _resume_path(get_checkpoint, into: Path) -> Path | None:
+    """Copy the trial's restored ``last.pt`` (if any) into ``into``; return its path."""
+    ckpt = get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        src = Path(d) / "last.pt"
+        if not src.exists():
+            return None
+        into.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(src, into / "resume.pt"))
+
+
+def run_trial_loop(ctx: TrialContext, params: dict[str, Any], trial_id: str, trial_name: str,
+                   out_dir: Path, rank: int, world_size: int, report_fn, checkpoint_cls,
+                   get_checkpoint) -> None:
+    """The loop for one trial on one process (rank); raises when the run diverged."""
+    from orchestrator.train import run_training
+
+    spec = trial_spec(ctx, params)
+    mlflow_run = open_child_run(ctx, trial_id, trial_name, spec) if rank == 0 else None
+    reporter = TrialReporter(ctx, mlflow_run, report_fn, checkpoint_cls)
+    resume = _resume_path(get_checkpoint, out_dir)
+    try:
+        run_training(spec, reporter, out_dir / f"rank{rank}", ctx.cache_dir,
+                     resume_from=resume, rank=rank, world_size=world_size)
+    except BaseException as exc:
+        if mlflow_run is not None:
+            mlflow_run.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    if mlflow_run is not None:
+        mlflow_run.finish("FINISHED")
+
+
+def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """``workers: 0``: the loop runs in this Tune trial process."""
+    from ray import tune
+
+    tc = tune.get_context()
+    run_trial_loop(ctx, config, tc.get_trial_id(), tc.get_trial_name(),
+                   Path(tc.get_trial_dir()) / "run", 0, 1, tune.report, tune.Checkpoint,
+                   tune.get_checkpoint)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """``workers >= 1``: runs on every Ray Train worker; rank 0 tracks."""
+    import ray.train
+
+    ctx: TrialContext = config.pop("__ctx__")
+    trial_id, trial_name = config.pop("__trial_id__"), config.pop("__trial_name__")
+    tc = ray.train.get_context()
+    out = Path(tempfile.gettempdir()) / "fusion-trials" / ctx.sweep_name / trial_id
+    run_trial_loop(ctx, config, trial_id, trial_name, out, tc.get_world_rank(),
+                   tc.get_world_size(), ray.train.report, ray.train.Checkpoint,
+                   ray.train.get_checkpoint)
+
+
+def train_driver(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune function of a ``workers >= 1`` trial: fits one TorchTrainer and relays its
+    reports to Tune. The Train run is named after the trial, so a retried or resumed trial
+    restores the Train run's own latest checkpoint."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    tc = tune.get_context()
+    loop_config = {**config, "__ctx__": ctx, "__trial_id__": tc.get_trial_id(),
+                   "__trial_name__": tc.get_trial_name()}
+    per_worker = {"CPU": ctx.cpu_per_worker}
+    if ctx.use_gpu:
+        per_worker["GPU"] = ctx.gpu_per_worker
+    TorchTrainer(
+        train_worker, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=ctx.workers, use_gpu=ctx.use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(name=f"train-{tc.get_trial_id()}",
+                                       storage_path=ctx.storage,
+                                       callbacks=[TuneReportCallback()]),
+    ).fit()
