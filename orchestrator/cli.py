@@ -108,8 +108,34 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command("promote")
+@click.argument("sweep")
+@click.option("--metric", default="val/Qabf", show_default=True, help="Metric to rank by.")
+@click.option("--mode", type=click.Choice(["max", "min"]), default="max", show_default=True)
+@click.option("--alias", default="champion", show_default=True, help="Alias to point at it.")
+@click.option("--run-id", default=None, help="Promote this child run instead of the best.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default sqlite:///mlflow.db here).")
+def promote_command(sweep: str, metric: str, mode: str, alias: str, run_id: str | None,
+                    tracking_uri: str | None) -> None:
+    """Register a sweep's best trial checkpoint (SWEEP: name or parent run id) as a model."""
+    from orchestrator.promote import promote
+    from orchestrator.tracking import resolve_tracking_uri
+
+    try:
+        res = promote(sweep, resolve_tracking_uri(tracking_uri), metric, mode, alias, run_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"registered model: {res.model_name}  version: {res.version}  "
+               f"alias: @{res.alias}")
+    click.echo(f"from run {res.run_id} of sweep {res.sweep}: {res.metric} = {res.value:.6g}  "
+               f"sha256: {res.sha256}")
+    click.echo(f"next: orchestrator fuse models:/{res.model_name}@{res.alias} "
+               "--data SET --out DIR")
+
+
 @main.command("fuse")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint")
 @click.option("--data", help="Set folder (two source sub-folders) to fuse.")
 @click.option("--out", "out_dir", type=click.Path(), help="Folder for the fused PNGs (--data).")
 @click.option("--a", "file_a", type=click.Path(exists=True, dir_okay=False), help="Source A.")
@@ -120,16 +146,22 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
               help="auto|gray|keep_b_chroma|ycbcr_weighted|ihs.")
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda.")
 @click.option("--batch-size", default=4, show_default=True)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI for models:/ and runs:/ (default sqlite:///mlflow.db).")
 @click.option("--quiet", is_flag=True)
 def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a: str | None,
                  file_b: str | None, out_file: str | None, task: str | None, colour_rule: str,
-                 device: str, batch_size: int, quiet: bool) -> None:
-    """Fuse whole images with a trained checkpoint; PNGs named like the sources."""
+                 device: str, batch_size: int, tracking_uri: str | None, quiet: bool) -> None:
+    """Fuse whole images with a checkpoint; PNGs named like the sources.
+
+    CHECKPOINT: a checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION or
+    runs:/RUN_ID[/PATH] (downloaded to ./.fusion_models and checked by sha256).
+    """
     from orchestrator.fuse_cmd import run_fuse
 
     try:
         written = run_fuse(checkpoint, data, out_dir, file_a, file_b, out_file, task,
-                           colour_rule, device, batch_size, quiet)
+                           colour_rule, device, batch_size, quiet, tracking_uri)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {len(written)} fused image(s) to {Path(written[0]).parent}")

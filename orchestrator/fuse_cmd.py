@@ -15,13 +15,21 @@ from orchestrator.train import resolve_device
 
 def run_fuse(checkpoint: str, data: str | None, out_dir: str | None, file_a: str | None,
              file_b: str | None, out_file: str | None, task: str | None, colour_rule: str,
-             device: str, batch_size: int, quiet: bool) -> list[Path]:
-    """Fuse a set folder (``--data`` + ``--out``) or one pair of files (``--a --b -o``)."""
+             device: str, batch_size: int, quiet: bool,
+             tracking_uri: str | None = None) -> list[Path]:
+    """Fuse a set folder (``--data`` + ``--out``) or one pair of files (``--a --b -o``).
+
+    ``checkpoint`` is a file or a ``models:/`` / ``runs:/`` reference, fetched and verified by
+    :func:`orchestrator.promote.resolve_checkpoint`.
+    """
     from orchestrator.console import progress_bar
+    from orchestrator.promote import resolve_checkpoint
+    from orchestrator.tracking import resolve_tracking_uri
 
     if bool(data) == bool(file_a or file_b):
         raise click.UsageError("give --data SET_DIR --out DIR, or --a FILE --b FILE -o FILE")
-    model, _ = load_checkpoint(checkpoint, map_location=resolve_device(device))
+    path = resolve_checkpoint(checkpoint, resolve_tracking_uri(tracking_uri))
+    model, _ = load_checkpoint(path, map_location=resolve_device(device))
     try:
         if file_a or file_b:
             if not (file_a and file_b and out_file):

@@ -86,6 +86,14 @@ def close_parent(uri: str, run_id: str, status: str, note: str = "") -> None:
     client.set_terminated(run_id, status=status)
 
 
+def _error_line(error: BaseException | None) -> str:
+    """The exception line of a trial's error (the last line of Ray's remote traceback)."""
+    if error is None:
+        return ""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
 def _trial_rows(spec: SweepSpec, grid: Any, uri: str, parent: str) -> list[dict[str, Any]]:
     from orchestrator.tracking import child_runs
 
@@ -99,7 +107,7 @@ def _trial_rows(spec: SweepSpec, grid: Any, uri: str, parent: str) -> list[dict[
         row = {"trial_id": trial_id, "status": "error" if result.error else
                ("stopped" if epoch < spec.epochs else "finished"), "epoch": epoch,
                "run_id": child.info.run_id if child else "",
-               "error": str(result.error).splitlines()[0][:300] if result.error else ""}
+               "error": _error_line(result.error)}
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
         for m in spec.tune.metrics + ["val/degenerate"]:
             row[m] = metrics.get(m, float("nan"))

@@ -1,0 +1,115 @@
+"""Sweeps on a real local Ray, real Optuna studies (sqlite) and real MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fusion_models import registry
+from orchestrator.search_space import load_sweep
+from orchestrator.sweep import SweepError, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    """Generated data and patch stores shared by this module's sweeps."""
+    return str(tmp_path_factory.mktemp("sweep-cache"))
+
+
+def _children(uri: str, parent: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def _artifacts(uri: str, run_id: str, path: str = "") -> set[str]:
+    return {a.path for a in MlflowClient(uri).list_artifacts(run_id, path)}
+
+
+@pytest.mark.parametrize("name", registry.list_models())
+def test_smoke_sweep_of_every_yaml(name, ray_local, cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / f"{name}.yaml", smoke=True)
+    out = run_sweep(spec, cache_dir=cache, verbose=0)
+    assert out.tracking_uri.startswith("sqlite:///") and (tmp_path / "mlflow.db").exists()
+    assert [r["status"] for r in out.trials] == ["finished", "finished"], out.trials
+    children = _children(out.tracking_uri, out.parent_run_id)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        assert set(child.data.tags) >= {"trial_id", "best_sha256", "sweep"}
+        assert "checkpoints/best.pt" in _artifacts(out.tracking_uri, child.info.run_id,
+                                                   "checkpoints")
+        assert 0.0 <= child.data.metrics["val/Qabf"] <= 1.0
+        assert not any(k.startswith(("config/", "time_", "pid")) for k in child.data.metrics)
+        sampled = {k for k in child.data.params if k in spec.space}
+        assert sampled, "the sampled parameters are the run's params"
+    parent = MlflowClient(out.tracking_uri).get_run(out.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_name"] == out.name
+    assert {"trials.csv", "summary.json", "sweep.yaml"} <= _artifacts(out.tracking_uri,
+                                                                      out.parent_run_id)
+    study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out.path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_diverged_trial_fails_and_the_sweep_goes_on(ray_local, cache, tmp_path, monkeypatch):
+    """w_content=1e39 overflows float32: that trial's loss is inf at step 1."""
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml", smoke=True, num_samples=4)
+    spec.space = {"w_content": spec.space["w_int_a"].model_copy(
+        update={"type": "choice", "values": [100.0, 1e39], "low": None, "high": None})}
+    spec.tune.max_concurrent = 1
+    out = run_sweep(spec, cache_dir=cache, verbose=0)
+    statuses = {r["param.w_content"]: r["status"] for r in out.trials}
+    assert statuses == {100.0: "finished", 1e39: "error"}, out.trials
+    bad = [r for r in out.trials if r["status"] == "error"]
+    assert all("diverged at step 1" in r["error"] for r in bad)
+    client = MlflowClient(out.tracking_uri)
+    for row in out.trials:
+        run = client.get_run(row["run_id"])
+        assert run.info.status == ("FAILED" if row["status"] == "error" else "FINISHED")
+        if row["status"] == "error":
+            assert "diverged at step 1" in run.data.tags["status_note"]
+    study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out.path}/optuna.db")
+    states = {t.params["w_content"]: t.state.name for t in study.trials}
+    assert states == {100.0: "COMPLETE", 1e39: "FAIL"}
+    assert out.best and out.best["param.w_content"] == 100.0
+
+
+def test_unschedulable_resources_fail_before_anything_starts(ray_local, cache, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml", ["resources.workers=2",
+                                                             "resources.cpu_per_worker=1"])
+    with pytest.raises(SweepError) as err:
+        run_sweep(spec, cache_dir=cache, verbose=0)
+    assert "needs {'CPU': 2.1, 'GPU': 0.0}" in str(err.value)
+    assert "has {'CPU': 2.0, 'GPU': 0.0}" in str(err.value)
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_multi_objective_reports_a_pareto_front(ray_local, cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml",
+                      ["tune.metric=[val/Qabf, val/EN]", "tune.mode=[max, max]"],
+                      smoke=True, num_samples=3)
+    out = run_sweep(spec, cache_dir=cache, verbose=0)
+    assert len(out.trials) == 3 and out.pareto
+    for point in out.pareto:
+        assert set(point["values"]) == {"val/Qabf", "val/EN"}
+    rows = list(csv.DictReader((out.path / "trials.csv").open()))
+    # no reported trial dominates a Pareto point
+    for point in out.pareto:
+        q, e = point["values"]["val/Qabf"], point["values"]["val/EN"]
+        assert not any(float(r["val/Qabf"]) > q and float(r["val/EN"]) > e for r in rows)
+    summary = json.loads(Path(MlflowClient(out.tracking_uri).download_artifacts(
+        out.parent_run_id, "summary.json", str(tmp_path))).read_text())
+    assert len(summary["pareto_front"]) == len(out.pareto)
