@@ -7,6 +7,7 @@ to those of the average rule, the degenerate-fusion flags, and whether it beats 
 least one gradient metric (SF, AG or Qabf). Pure PyTorch (no Ray/MLflow): runs on GPU machines.
 
     python benchmarks/train_evidence.py --data ../shared/data/tno            # CPU, all models
+    python benchmarks/train_evidence.py --data ../shared/data/tno --smoke --epochs 6 --steps 30
     python benchmarks/train_evidence.py --data DIR --device cuda --models ufgan,fusiongan
 """
 
@@ -46,10 +47,11 @@ def run_one(name: str, args: argparse.Namespace, out: Path) -> dict:
     overrides = [f"data.train={data}", f"data.val={data}", f"data.val_pairs={args.val_pairs}",
                  f"data.task={args.task or 'null'}",
                  f"train.device={args.device}", f"train.max_steps_per_epoch={args.steps}",
-                 f"fixed.epochs={args.epochs}", f"fixed.batch_size={args.batch}",
-                 "train.sample_pairs=0", f"train.val_metrics=[{','.join(GRADIENT)},SSIM,MI]",
-                 *args.set]
-    spec = load_spec(REPO / "search_spaces" / f"{name}.yaml", overrides)
+                 f"fixed.epochs={args.epochs}", "train.sample_pairs=0",
+                 f"train.val_metrics=[{','.join(GRADIENT)},SSIM,MI]", *args.set]
+    if args.batch or not args.smoke:
+        overrides.append(f"fixed.batch_size={args.batch or 8}")
+    spec = load_spec(REPO / "search_spaces" / f"{name}.yaml", overrides, smoke=args.smoke)
     t0 = time.perf_counter()
     result = run_training(spec, None, out / name, out / "cache")
     seconds = time.perf_counter() - t0
@@ -75,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="default: the YAML's smoke batch with --smoke, else 8")
+    parser.add_argument("--smoke", action="store_true",
+                        help="start from the YAML's --smoke settings (smoke: block)")
     parser.add_argument("--val-pairs", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("/tmp/train_evidence"))
     parser.add_argument("--json", type=Path, default=None)

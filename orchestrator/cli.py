@@ -24,6 +24,10 @@ def main(verbose: int) -> None:
 @click.option("--b", "b_dir", type=click.Path(), help="Explicit folder of source B.")
 @click.option("--fused", "fused_dir", type=click.Path(), help="Folder of fused images (by stem).")
 @click.option("--method", help="Fuse with a baseline first: average|max_abs|laplacian|gff|all.")
+@click.option("--model", help="Fuse with a trained model first: a checkpoint path, "
+              "models:/fusion-<model>@<alias>, models:/NAME/VERSION or runs:/RUN_ID.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store for --model URIs (default sqlite:///mlflow.db here).")
 @click.option("--metrics", default="all", show_default=True, help="Comma-separated names.")
 @click.option("--convention", default="cdd", show_default=True, help="cdd|vifb|tang|mpy.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
@@ -32,7 +36,8 @@ def main(verbose: int) -> None:
               help="Task (colour rule); guessed from the folder roles when omitted.")
 @click.option("--colour", "colour_rule", default="auto", show_default=True,
               help="auto|gray|keep_b_chroma|ycbcr_weighted|ihs (for --method).")
-@click.option("--out", "out_dir", type=click.Path(), help="Write --method's fused PNGs here.")
+@click.option("--out", "out_dir", type=click.Path(),
+              help="Write the fused PNGs of --method/--model here.")
 @click.option("--json", "json_out", type=click.Path(), help="Write the JSON report here.")
 @click.option("--csv", "csv_out", type=click.Path(), help="Write the per-pair CSV here.")
 @click.option("--device", default="cpu", show_default=True, help="auto|cpu|cuda.")
@@ -42,7 +47,7 @@ def main(verbose: int) -> None:
               help="Use Ray Data automatically from this many pairs on.")
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 def eval_command(**kwargs: object) -> None:
-    """Measure fused images (--fused) or a baseline (--method) on a paired set."""
+    """Measure fused images (--fused), a baseline (--method) or a model (--model) on a set."""
     eval_cmd.run(eval_cmd.EvalArgs(**kwargs))
 
 

@@ -48,6 +48,8 @@ class EvalArgs:
     address: str | None
     ray_threshold: int
     quiet: bool
+    model: str | None = None
+    tracking_uri: str | None = None
 
 
 def cache_dir() -> Path:
@@ -112,8 +114,8 @@ def _evaluate(items: list[EvalItem], settings: EvalSettings, args: EvalArgs) -> 
 
 def run(args: EvalArgs) -> dict[str, EvalReport]:
     """Run ``orchestrator eval``; returns the report of each method (None: ``--fused``)."""
-    if (args.fused_dir is None) == (args.method is None):
-        raise click.UsageError("give exactly one of --fused DIR or --method NAME")
+    if sum(x is not None for x in (args.fused_dir, args.method, args.model)) != 1:
+        raise click.UsageError("give exactly one of --fused DIR, --method NAME or --model REF")
     try:
         return _run(args)
     except (DataError, KeyError, ValueError) as exc:
@@ -131,6 +133,16 @@ def _run(args: EvalArgs) -> dict[str, EvalReport]:
     task = args.task or pair_set.task
     rule = default_rule(task) if args.colour_rule == "auto" else args.colour_rule
     reports: dict[str, EvalReport] = {}
+    if args.model:
+        from orchestrator.promote import resolve_checkpoint
+        from orchestrator.tracking import resolve_tracking_uri
+
+        local = resolve_checkpoint(args.model, resolve_tracking_uri(args.tracking_uri))
+        settings = make_settings(metric_names, conv, None, rule, args.device, args.out_dir,
+                                 model=str(local))
+        reports["model"] = _evaluate(items, settings, args)
+        _emit(reports, pair_set, args)
+        return reports
     for method in _methods(args.method):
         out = str(Path(args.out_dir) / method) if args.out_dir and method else None
         settings = make_settings(metric_names, conv, method, rule, args.device, out)

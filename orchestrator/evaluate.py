@@ -15,6 +15,7 @@ Ray Data for large sets and clusters. Both return an :class:`EvalReport` whose J
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -67,6 +68,7 @@ class EvalSettings:
     device: str = "cpu"
     batch_size: int = 8
     out_dir: str | None = None
+    model: str | None = None  # a local checkpoint to fuse with (``--model`` after resolving)
 
 
 @dataclass
@@ -214,11 +216,25 @@ def _write_fused(out_dir: str, batch: Sequence[_Loaded], fused: Tensor) -> None:
         write_image(Path(out_dir) / f"{loaded.item.name}.png", arr)
 
 
+@functools.lru_cache(maxsize=2)
+def cached_model(path: str, device: str):
+    """A checkpoint's model, loaded once per process (once per Ray Data actor)."""
+    from fusion_models.registry import load_checkpoint
+
+    return load_checkpoint(path, map_location=device)[0]
+
+
 def _fused_batch(batch: Sequence[_Loaded], a: Tensor, b: Tensor, s: EvalSettings) -> Tensor:
-    if s.method is None:
+    if s.method is None and s.model is None:
         return torch.stack([x.fused for x in batch]).to(a.device)
     # Evaluate what a user gets on disk: the 8-bit image.
-    fused = fuse_baseline(s.method, a, b, s.colour_rule).round().clamp(0, 255)
+    if s.model is not None:
+        from orchestrator.fuse import fuse_tensors
+
+        model = cached_model(s.model, s.device)
+        fused = fuse_tensors(model, a.cpu(), b.cpu(), s.colour_rule).float().to(a.device)
+    else:
+        fused = fuse_baseline(s.method, a, b, s.colour_rule).round().clamp(0, 255)
     if s.out_dir:
         _write_fused(s.out_dir, batch, fused)
     return fused
@@ -312,11 +328,12 @@ def make_settings(
     colour_rule: str,
     device: str,
     out_dir: str | None = None,
+    model: str | None = None,
 ) -> EvalSettings:
     """Validated settings (unknown convention/metric names raise KeyError with the valid ones)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return EvalSettings(
         metrics=tuple(metrics), convention=get_convention(convention), method=method,
-        colour_rule=colour_rule, device=device, out_dir=out_dir,
+        colour_rule=colour_rule, device=device, out_dir=out_dir, model=model,
     )

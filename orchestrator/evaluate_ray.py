@@ -21,6 +21,7 @@ from orchestrator.evaluate import (
     EvalReport,
     EvalSettings,
     PairResult,
+    cached_model,
     group_batches,
     read_item,
     score_batch,
@@ -34,6 +35,8 @@ class _Scorer:
 
     def __init__(self, settings: EvalSettings) -> None:
         self.settings = settings
+        if settings.model:  # one model load per actor
+            cached_model(settings.model, settings.device)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [

@@ -39,6 +39,7 @@ class SweepOutcome:
     best: dict[str, Any] | None = None
     pareto: list[dict[str, Any]] = field(default_factory=list)
     best_fused_dir: str | None = None
+    final_eval: list[dict[str, Any]] = field(default_factory=list)
 
 
 def check_resources(spec: SweepSpec, cluster: dict[str, float],

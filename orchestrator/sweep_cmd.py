@@ -63,6 +63,11 @@ def echo_outcome(outcome, spec) -> None:
     for p in outcome.pareto:
         values = {k: round(v, 4) for k, v in p["values"].items() if math.isfinite(v)}
         click.echo(f"  pareto: optuna trial {p['number']} {values} {p['params']}")
+    metric = spec.tune.metrics[0].removeprefix("val/")
+    for row in outcome.final_eval:
+        click.echo(f"  test {row['set']} ({row['pairs']} pairs) trial {row['trial_id']}: "
+                   + "  ".join(f"{m} {row[m]:.4f}" for m in (metric, "SF", "AG", "VIF")
+                               if m in row and math.isfinite(row[m])))
     if outcome.best_fused_dir:
         click.echo(f"best trial's fused validation images: {outcome.best_fused_dir}")
     model = spec.run.model
@@ -76,6 +81,7 @@ def run(spec_path: str, overrides: tuple[str, ...], smoke: bool, num_samples: in
         address: str | None, resume: bool, name: str | None, tracking_uri: str | None,
         cache_dir: str, quiet: bool):
     """Load, sweep, summarise; returns the :class:`~orchestrator.sweep.SweepOutcome`."""
+    from orchestrator.final_eval import final_eval
     from orchestrator.search_space import load_sweep
     from orchestrator.sweep import run_sweep
 
@@ -84,5 +90,6 @@ def run(spec_path: str, overrides: tuple[str, ...], smoke: bool, num_samples: in
                         tracking_uri=tracking_uri, cache_dir=cache_dir,
                         verbose=0 if quiet else 1)
     outcome.best_fused_dir = fuse_best(outcome, spec, cache_dir)
+    outcome.final_eval = final_eval(spec, outcome, cache_dir, address)
     echo_outcome(outcome, spec)
     return outcome

@@ -124,6 +124,10 @@ def run_trial_loop(ctx: TrialContext, params: dict[str, Any], trial_id: str, tri
     try:
         run_training(spec, reporter, out_dir / f"rank{rank}", ctx.cache_dir,
                      resume_from=resume, rank=rank, world_size=world_size)
+    except SystemExit:  # Tune stopping the trial (ASHA) exits its thread after a report
+        if mlflow_run is not None:
+            mlflow_run.finish("FINISHED", "stopped early by the scheduler")
+        raise
     except BaseException as exc:
         if mlflow_run is not None:
             mlflow_run.finish("FAILED", f"{type(exc).__name__}: {exc}")

@@ -25,3 +25,36 @@ def test_ray_data_matches_in_process(ray_local, shared_data, tmp_path):
             assert remote["per_pair"][stem][name] == pytest.approx(value, rel=1e-12), (stem, name)
     assert remote["timing"]["pairs"] == 10 and remote["timing"]["metrics_s"] > 0
     assert len(list((tmp_path / "fused").iterdir())) == 10
+
+
+def test_model_checkpoint_fused_in_ray_data_actors_matches_in_process(ray_local, shared_data,
+                                                                       tmp_path):
+    """`eval --model`: each actor loads the checkpoint once, fuses and scores; same numbers as
+    in-process, and the same as fusing to disk first (what `orchestrator fuse` writes)."""
+    import dataclasses
+
+    import torch
+
+    from fusion_models import registry
+    from fusion_models.data.colour import default_rule
+    from orchestrator.fuse import fuse_set
+
+    torch.manual_seed(0)
+    model = registry.build("pmgi", {"channels": 4})
+    ckpt = tmp_path / "pmgi.pt"
+    torch.save(model.checkpoint(1), ckpt)
+    pair_set = open_pair_set(shared_data / "tno")
+    items = plan_items(pair_set, None)[:6]
+    rule = default_rule(pair_set.task)
+    settings = make_settings(["EN", "SF", "Qabf", "SSIM"], PRESETS["cdd"], None, rule, "cpu",
+                             model=str(ckpt))
+    local = evaluate_local(items, settings).to_dict()["per_pair"]
+    remote = evaluate_ray(items, settings, num_actors=2, block_pairs=3).to_dict()["per_pair"]
+    sub = dataclasses.replace(pair_set, pairs=pair_set.pairs[:6])
+    fuse_set(registry.load_checkpoint(ckpt)[0], sub, tmp_path / "fused", rule)
+    on_disk = evaluate_local(plan_items(sub, tmp_path / "fused"), make_settings(
+        ["EN", "SF", "Qabf", "SSIM"], PRESETS["cdd"], None, rule, "cpu")).to_dict()["per_pair"]
+    for stem, values in local.items():
+        for name, value in values.items():
+            assert remote[stem][name] == pytest.approx(value, rel=1e-12), (stem, name)
+            assert on_disk[stem][name] == pytest.approx(value, rel=1e-12), (stem, name)

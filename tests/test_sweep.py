@@ -113,3 +113,71 @@ def test_multi_objective_reports_a_pareto_front(ray_local, cache, tmp_path, monk
     summary = json.loads(Path(MlflowClient(out.tracking_uri).download_artifacts(
         out.parent_run_id, "summary.json", str(tmp_path))).read_text())
     assert len(summary["pareto_front"]) == len(out.pareto)
+
+
+def test_asha_stops_weak_trials_on_the_reported_epoch(ray_local, cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml", ["fixed.epochs=3"], smoke=True,
+                      num_samples=4)
+    spec.tune.max_concurrent = 1
+    out = run_sweep(spec, cache_dir=cache, verbose=0)
+    statuses = [r["status"] for r in out.trials]
+    assert "stopped" in statuses and "finished" in statuses, out.trials
+    client = MlflowClient(out.tracking_uri)
+    for row in out.trials:
+        run = client.get_run(row["run_id"])
+        assert run.info.status == "FINISHED"
+        epochs = {int(m.step) for m in client.get_metric_history(row["run_id"], "epoch")}
+        if row["status"] == "stopped":
+            assert max(epochs) < 3 and run.data.tags["early_stopped"] == f"epoch {row['epoch']}"
+        else:
+            assert epochs == {1, 2, 3}
+
+
+def _sweep_cmd(address: str, cache: str, *extra: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "orchestrator.cli", "sweep",
+            str(REPO / "search_spaces" / "pmgi.yaml"), "--smoke", "--num-samples", "3",
+            "--set", "fixed.epochs=3", "--set", "tune.max_concurrent=1", "--name", "killed",
+            "--address", address, "--cache-dir", cache, "--quiet", *extra]
+
+
+def test_killed_driver_then_resume_finishes_every_trial_once(ray_local, cache, tmp_path):
+    """SIGKILL the sweep driver after its first checkpoint; --resume finishes the sweep with
+    one child run per trial, none left RUNNING, the killed trial continued (not restarted)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    address = ray_local.get_runtime_context().gcs_address
+    proc = subprocess.Popen(_sweep_cmd(address, cache), cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((tmp_path / "ray_results" / "killed").glob("*/checkpoint_000000")):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the kill"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("fusion/pmgi").experiment_id],
+                                "tags.sweep_name = 'killed'")[0]
+    assert parent.info.status == "RUNNING"  # the kill left it open
+    res = subprocess.run(_sweep_cmd(address, cache, "--resume"), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "sweep killed: 3 trials" in res.stdout
+    children = _children(uri, parent.info.run_id)
+    assert len(children) == 3, [c.data.tags.get("trial_id") for c in children]
+    assert len({c.data.tags["trial_id"] for c in children}) == 3
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    rows = list(csv.DictReader((tmp_path / "ray_results" / "killed" / "trials.csv").open()))
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"finished", "stopped"}
+    # the trial running when the driver died continued from its epoch-1 checkpoint in the
+    # same child run: epoch 1 is logged once there, not again by a restart
+    first = min(children, key=lambda c: c.info.start_time)
+    steps = [int(m.step) for m in client.get_metric_history(first.info.run_id, "epoch")]
+    assert steps.count(1) == 1 and max(steps) >= 1, steps

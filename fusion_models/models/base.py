@@ -128,6 +128,20 @@ class FusionModel(nn.Module):
         loss.backward()
         opt.step()
 
+    def adversarial_content_step(self, loss_adv: Tensor, loss_int: Tensor, loss_grad: Tensor,
+                                 loss_d: Tensor) -> dict[str, Tensor]:
+        """One G step on the Ma-group objective (FusionGAN, MFF-GAN):
+        ``L_G = w_adv * adv + w_content * (int + w_grad * grad)``; the config must have those
+        three weights. Returns the detached scalar terms ``loss_g, loss_d, loss_adv,
+        loss_content, loss_int, loss_grad``."""
+        cfg = self.config
+        loss_content = loss_int + cfg.w_grad * loss_grad
+        loss_g = cfg.w_adv * loss_adv + cfg.w_content * loss_content
+        self.optimizer_step("g", loss_g)
+        terms = {"loss_g": loss_g, "loss_d": loss_d, "loss_adv": loss_adv,
+                 "loss_content": loss_content, "loss_int": loss_int, "loss_grad": loss_grad}
+        return {k: v.detach() for k, v in terms.items()}
+
     def checkpoint(self, epoch: int) -> dict:
         """Self-describing checkpoint: loads with ``torch.load(weights_only=True)``."""
         return {

@@ -263,12 +263,7 @@ class FusionGAN(FusionModel):
                 loss_adv = g_adv_loss(self.discriminator, fused, cfg.adversarial).float()
         set_requires_grad(self.discriminator, True)
         loss_int, loss_grad = self.content_terms(fused.float(), ir, vi)
-        loss_content = loss_int + cfg.w_grad * loss_grad
-        loss_g = cfg.w_adv * loss_adv + cfg.w_content * loss_content
-        self.optimizer_step("g", loss_g)
-        terms = {"loss_g": loss_g, "loss_d": loss_d, "loss_adv": loss_adv,
-                 "loss_content": loss_content, "loss_int": loss_int, "loss_grad": loss_grad}
-        return {k: v.detach() for k, v in terms.items()}
+        return self.adversarial_content_step(loss_adv, loss_int, loss_grad, loss_d)
 
     @torch.no_grad()
     def fuse(self, a: Tensor, b: Tensor) -> Tensor:

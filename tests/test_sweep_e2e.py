@@ -1,0 +1,69 @@
+"""The product's main path end to end, through the CLI, on a real local Ray, MLflow and Optuna:
+`sweep` (each trial a Ray Train TorchTrainer) -> top-k Ray Data evaluation -> `promote` ->
+`fuse models:/...@champion` -> `eval --fused` == `eval --model`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from fusion_models.data import generated_set
+from orchestrator.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def _ok(args: list[str]) -> str:
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, f"{args}\n{res.output}\n{res.exception!r}"
+    return res.output
+
+
+def test_ufgan_sweep_ray_train_promote_fuse_eval(ray_local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cache = str(tmp_path / "cache")
+    out = _ok(["sweep", str(REPO / "search_spaces" / "ufgan.yaml"), "--smoke", "--name", "e2e",
+               "--set", "resources.workers=1", "--set", "resources.cpu_per_worker=0.9",
+               "--set", "tune.max_concurrent=1", "--set", "tune.final_eval_top_k=1",
+               "--cache-dir", cache, "--quiet"])
+    assert "sweep e2e: 2 trials (2 finished" in out and "orchestrator promote e2e" in out
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fusion/ufgan").experiment_id
+    parent = client.search_runs([exp], "tags.sweep_name = 'e2e'")[0]
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        arts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+        assert "checkpoints/best.pt" in arts
+        images = [a.path for a in client.list_artifacts(child.info.run_id, "images")]
+        assert images, "a fused-sample grid per evaluation"
+    best_id = parent.data.tags["best_run_id"]
+    best = client.get_run(best_id)
+    assert 0.0 <= best.data.metrics["test/ivif/Qabf"] <= 1.0  # the top-1 Ray Data evaluation
+    parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "summary.json", "final_eval.csv", "sweep.yaml"} <= parent_arts
+    fused_best = tmp_path / "ray_results" / "e2e" / "best_fused"
+    assert len(list(fused_best.glob("*.png"))) == 2  # the smoke run's 2 validation pairs
+
+    out = _ok(["promote", "e2e", "--alias", "champion"])
+    version = client.get_model_version_by_alias("fusion-ufgan", "champion")
+    assert version.run_id == best_id and "fusion-ufgan" in out
+
+    pairs = generated_set("ivif", Path(cache) / "generated")
+    _ok(["fuse", "models:/fusion-ufgan@champion", "--data", str(pairs.root), "--out", "fused",
+         "--quiet", "--device", "cpu"])
+    assert len(list((tmp_path / "fused").glob("*.png"))) == len(pairs.pairs)
+    _ok(["eval", "--data", str(pairs.root), "--fused", "fused", "--metrics", "Qabf,SF,EN",
+         "--json", "fused.json", "--quiet"])
+    _ok(["eval", "--data", str(pairs.root), "--model", "models:/fusion-ufgan@champion",
+         "--metrics", "Qabf,SF,EN", "--json", "model.json", "--quiet"])
+    a = json.loads((tmp_path / "fused.json").read_text())["mean"]
+    b = json.loads((tmp_path / "model.json").read_text())["mean"]
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-9 for k in a)
