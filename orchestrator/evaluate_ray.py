@@ -89,6 +89,8 @@ def evaluate_ray(
     import ray
 
     _ensure_ray(address, None)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-10-s progress dumps
+    ray.data.DataContext.get_current().enable_progress_bars = False
     rows = [
         {"name": it.name, "path_a": it.path_a, "path_b": it.path_b,
          "path_fused": it.path_fused or "", "path_gt": it.path_gt or ""}

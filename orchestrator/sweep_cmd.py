@@ -3,6 +3,7 @@ print the best trial and the commands to run next."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -13,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def fuse_best(outcome, spec, cache_dir: str) -> str | None:
-    """Fuse the validation pairs with the best trial's best checkpoint into
+    """Fuse the validation pairs (the ``data.val_pairs`` the trials were measured on) with the
+    best trial's best checkpoint into
     ``<sweep folder>/best_fused``; return the folder (None without a best checkpoint)."""
     from mlflow.artifacts import download_artifacts
 
@@ -34,6 +36,7 @@ def fuse_best(outcome, spec, cache_dir: str) -> str | None:
         return None
     run = spec.run
     pair_set = resolve_set(run, run.data.val or run.data.train, Path(cache_dir))
+    pair_set = dataclasses.replace(pair_set, pairs=pair_set.pairs[: run.data.val_pairs])
     rule = run.data.colour
     if rule == "auto":
         rule = default_rule(run.data.task or pair_set.task)

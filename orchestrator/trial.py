@@ -98,11 +98,16 @@ class TrialReporter:
             self.report_fn(out, checkpoint=checkpoint)
 
 
-def _resume_path(get_checkpoint, into: Path) -> Path | None:
-    """Copy the trial's restored ``last.pt`` (if any) into ``into``; return its path."""
+def _resume_path(get_checkpoint, into: Path, local_last: Path) -> Path | None:
+    """What a restored trial continues from: Tune's/Train's checkpoint, else the ``last.pt``
+    the loop wrote in this trial's own folder (a driver killed before Tune saved its state
+    still loses no finished epoch); None for a fresh trial."""
     ckpt = get_checkpoint()
     if ckpt is None:
-        return None
+        if not local_last.is_file():
+            return None
+        into.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(local_last, into / "resume.pt"))
     with ckpt.as_directory() as d:
         src = Path(d) / "last.pt"
         if not src.exists():
@@ -120,7 +125,7 @@ def run_trial_loop(ctx: TrialContext, params: dict[str, Any], trial_id: str, tri
     spec = trial_spec(ctx, params)
     mlflow_run = open_child_run(ctx, trial_id, trial_name, spec) if rank == 0 else None
     reporter = TrialReporter(ctx, mlflow_run, report_fn, checkpoint_cls)
-    resume = _resume_path(get_checkpoint, out_dir)
+    resume = _resume_path(get_checkpoint, out_dir, out_dir / f"rank{rank}" / "last.pt")
     try:
         run_training(spec, reporter, out_dir / f"rank{rank}", ctx.cache_dir,
                      resume_from=resume, rank=rank, world_size=world_size)

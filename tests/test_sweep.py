@@ -116,18 +116,24 @@ def test_multi_objective_reports_a_pareto_front(ray_local, cache, tmp_path, monk
 
 
 def test_asha_stops_weak_trials_on_the_reported_epoch(ray_local, cache, tmp_path, monkeypatch):
+    """lr 1e-9 cannot learn in 6 steps: run after a 1e-3 trial, ASHA stops it at a rung."""
     monkeypatch.chdir(tmp_path)
     spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml", ["fixed.epochs=3"], smoke=True,
-                      num_samples=4)
+                      num_samples=5)
+    spec.space = {"lr_g": spec.space["lr_g"].model_copy(
+        update={"type": "choice", "values": [1e-3, 1e-9], "low": None, "high": None})}
     spec.tune.max_concurrent = 1
     out = run_sweep(spec, cache_dir=cache, verbose=0)
-    statuses = [r["status"] for r in out.trials]
-    assert "stopped" in statuses and "finished" in statuses, out.trials
     client = MlflowClient(out.tracking_uri)
-    for row in out.trials:
+    rows = sorted(out.trials, key=lambda r: client.get_run(r["run_id"]).info.start_time)
+    lrs = [r["param.lr_g"] for r in rows]
+    assert 1e-3 in lrs[:-1] and 1e-9 in lrs[lrs.index(1e-3) + 1:], lrs  # good, later a bad one
+    for i, row in enumerate(rows):
         run = client.get_run(row["run_id"])
         assert run.info.status == "FINISHED"
         epochs = {int(m.step) for m in client.get_metric_history(row["run_id"], "epoch")}
+        if row["param.lr_g"] == 1e-9 and 1e-3 in lrs[:i]:
+            assert row["status"] == "stopped", rows
         if row["status"] == "stopped":
             assert max(epochs) < 3 and run.data.tags["early_stopped"] == f"epoch {row['epoch']}"
         else:
