@@ -133,12 +133,15 @@ class TuneSpec(_Strict):
 class ResourceSpec(_Strict):
     """Per trial: ``workers`` Ray Train workers (0: the loop runs in the Tune trial itself),
     each with ``cpu_per_worker``/``gpu_per_worker``; the trial's own process gets
-    ``driver_cpu`` when workers > 0 (fractional so it never starves the workers)."""
+    ``driver_cpu`` when workers > 0 (fractional so it never starves the workers), plus one
+    unit of ``driver_resource`` when set: a custom resource only the head node offers, which
+    keeps trial drivers off the GPU workers (``cluster/gpu.yaml``: ``driver``)."""
 
     workers: int = Field(0, ge=0)
     cpu_per_worker: float = Field(1.0, gt=0)
     gpu_per_worker: float = Field(0.0, ge=0)
     driver_cpu: float = Field(0.1, gt=0)
+    driver_resource: str | None = None
 
     def per_trial(self) -> dict[str, float]:
         """Total {"CPU", "GPU"} one trial occupies."""

@@ -55,6 +55,9 @@ def check_resources(spec: SweepSpec, cluster: dict[str, float],
     short = [k for k in ("CPU", "GPU") if need[k] > have[k] + 1e-9]
     worker = {"CPU": r.cpu_per_worker, "GPU": r.gpu_per_worker}
     fits_node = any(all(n.get(k, 0.0) + 1e-9 >= worker[k] for k in worker) for n in nodes)
+    if r.workers and r.driver_resource and cluster.get(r.driver_resource, 0.0) < 1:
+        raise SweepError(f"{spec.source}: resources.driver_resource: the cluster offers no "
+                         f"{r.driver_resource!r} resource (see cluster/gpu.yaml's head node)")
     if short or not fits_node:
         what = (f"{r.workers} worker(s) x {worker} + driver {{'CPU': {r.driver_cpu}}}"
                 if r.workers else f"{worker} in the trial process")
@@ -83,18 +86,31 @@ def _nodes() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def find_sweep(storage: Path, model: str, name: str | None) -> Path:
-    """The Tune folder to resume: ``storage/name`` or the newest ``storage/<model>-*``."""
+def storage_paths(storage: str) -> tuple[str, Path]:
+    """(Tune/Train storage, local sweep root). A URI (``s3://``, ``gs://``: the shared storage
+    a multi-node cluster needs) goes to Tune and Train as it is, while the sweep's own files
+    (Optuna study, trial table, best fused images) stay in ``./ray_results`` on the driver's
+    machine; a local path serves as both."""
+    if "://" in storage:
+        return storage, Path("ray_results").resolve()
+    local = Path(storage).resolve()
+    return str(local), local
+
+
+def find_sweep(storage: str, local_root: Path, model: str, name: str | None) -> str:
+    """The name of the sweep to resume: ``name``, or the newest ``<model>-*`` under the local
+    sweep root; checked restorable by Tune in ``storage``."""
     from ray import tune
 
     if name:
-        candidates = [storage / name]
+        candidates = [name]
     else:
-        candidates = sorted(storage.glob(f"{model}-*"), key=lambda p: p.stat().st_mtime,
-                            reverse=True)
-    for path in candidates:
-        if tune.Tuner.can_restore(str(path)):
-            return path
+        found = sorted(local_root.glob(f"{model}-*"), key=lambda p: p.stat().st_mtime,
+                       reverse=True)
+        candidates = [p.name for p in found]
+    for candidate in candidates:
+        if tune.Tuner.can_restore(f"{storage.rstrip('/')}/{candidate}"):
+            return candidate
     raise SweepError(f"--resume: no restorable sweep {'named ' + name if name else 'of ' + model}"
                      f" under {storage}")
 
@@ -135,24 +151,27 @@ def _trainable(spec: SweepSpec, ctx: TrialContext):
     else:
         fn = partial(train_driver, ctx=ctx)
         res = {"cpu": r.driver_cpu}
+        if r.driver_resource:  # pin the trial driver (and its Train controller) to the head
+            res[r.driver_resource] = 1
     fn.__name__ = f"{spec.run.model}_trial"
     return tune.with_resources(fn, res)
 
 
-def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: Path, resume: Path | None,
-           verbose: int):
+def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_root: Path,
+           resume: bool, verbose: int):
     from ray import tune
 
     trainable = _trainable(spec, ctx)
-    if resume is not None:
-        return tune.Tuner.restore(str(resume), trainable=trainable, resume_unfinished=True,
+    if resume:
+        return tune.Tuner.restore(f"{storage.rstrip('/')}/{name}", trainable=trainable,
+                                  resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     tune_config = tune.TuneConfig(
-        num_samples=spec.tune.num_samples, search_alg=_searcher(spec, name, storage / name),
+        num_samples=spec.tune.num_samples, search_alg=_searcher(spec, name, local_root / name),
         scheduler=_scheduler(spec), max_concurrent_trials=spec.tune.max_concurrent,
         reuse_actors=spec.resources.workers == 0)
     run_config = tune.RunConfig(
-        name=name, storage_path=str(storage), verbose=verbose,
+        name=name, storage_path=storage, verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures))
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
@@ -166,25 +185,27 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     from orchestrator import sweep_record as record
     from orchestrator.tracking import resolve_tracking_uri
 
-    storage = Path(spec.storage).resolve()
-    target = find_sweep(storage, spec.run.model, name) if resume else None
-    name = target.name if target else (name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    storage, local_root = storage_paths(spec.storage)
+    if resume:
+        name = find_sweep(storage, local_root, spec.run.model, name)
+    name = name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = resolve_tracking_uri(tracking_uri or spec.tracking)
     _ray_init(address)
     check_resources(spec, ray.cluster_resources(), _nodes())
-    parent = record.open_parent(spec, name, uri, resume=target is not None)
+    parent = record.open_parent(spec, name, uri, resume=resume)
     r = spec.resources
     ctx = TrialContext(
         run_spec=spec.run.model_dump(mode="json"), tune=spec.tune.model_dump(mode="json"),
         tracking_uri=uri, experiment=f"fusion/{spec.run.model}", parent_run_id=parent,
         sweep_name=name, cache_dir=str(Path(cache_dir).resolve()), workers=r.workers,
         use_gpu=r.gpu_per_worker > 0, cpu_per_worker=r.cpu_per_worker,
-        gpu_per_worker=r.gpu_per_worker, storage=str(storage))
+        gpu_per_worker=r.gpu_per_worker, storage=storage)
     try:
-        grid = _tuner(spec, ctx, name, storage, target, verbose).fit()
+        grid = _tuner(spec, ctx, name, storage, local_root, resume, verbose).fit()
     except BaseException as exc:
         record.close_parent(uri, parent, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
-    outcome = SweepOutcome(name, storage / name, parent, uri)
+    outcome = SweepOutcome(name, local_root / name, parent, uri)
+    outcome.path.mkdir(parents=True, exist_ok=True)
     record.summarise(spec, grid, outcome)
     return outcome

@@ -118,3 +118,20 @@ def test_resources_are_checked_against_the_cluster():
     with pytest.raises(SweepError, match="no single node offers"):
         check_resources(_spec(workers=1, cpu_per_worker=3), {"CPU": 8.0},
                         [{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0}])
+
+
+def test_uri_storage_goes_to_tune_while_sweep_files_stay_local(tmp_path, monkeypatch):
+    from orchestrator.sweep import storage_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert storage_paths("s3://bucket/fo/ray_results") == ("s3://bucket/fo/ray_results",
+                                                          tmp_path / "ray_results")
+    assert storage_paths("runs/rr") == (str(tmp_path / "runs" / "rr"), tmp_path / "runs" / "rr")
+
+
+def test_trial_drivers_can_be_pinned_to_a_head_resource():
+    head_only = [{"CPU": 6.0, "driver": 16.0}, {"CPU": 4.0, "GPU": 1.0}]
+    spec = _spec(workers=1, cpu_per_worker=4, gpu_per_worker=1, driver_resource="driver")
+    check_resources(spec, {"CPU": 10.0, "GPU": 1.0, "driver": 16.0}, head_only)
+    with pytest.raises(SweepError, match="offers no 'driver' resource"):
+        check_resources(spec, {"CPU": 10.0, "GPU": 1.0}, [{"CPU": 6.0}, {"CPU": 4.0, "GPU": 1.0}])
