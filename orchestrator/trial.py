@@ -52,15 +52,30 @@ def trial_spec(ctx: TrialContext, params: dict[str, Any]):
     return RunSpec(**raw)
 
 
+def _node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - tracking must not fail on a missing runtime context
+        return ""
+
+
 def open_child_run(ctx: TrialContext, trial_id: str, trial_name: str, spec):
     """The trial's MLflow child run: the existing one with this trial_id, else a new one."""
     from orchestrator.tracking import MlflowRun, find_child_run
     from orchestrator.train_cmd import run_params
 
     existing = find_child_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
-    if existing is not None:
-        return MlflowRun.reattach(ctx.tracking_uri, existing)
-    tags = {"trial_id": trial_id, "sweep": ctx.sweep_name, "model": spec.model}
+    if existing is not None:  # a resumed trial, perhaps on another node: record where
+        run = MlflowRun.reattach(ctx.tracking_uri, existing)
+        previous = run.client.get_run(existing).data.tags.get("node_id", "")
+        run.client.set_tag(existing, "node_id", _node_id())
+        run.client.set_tag(existing, "resumed_from_node", previous)
+        return run
+    tags = {"trial_id": trial_id, "sweep": ctx.sweep_name, "model": spec.model,
+            "node_id": _node_id()}
     return MlflowRun(ctx.tracking_uri, ctx.experiment, trial_name, run_params(spec), tags,
                      parent_run_id=ctx.parent_run_id)
 
