@@ -177,6 +177,8 @@ def train_worker(config: dict[str, Any]) -> None:
     run_trial_loop(ctx, config, trial_id, trial_name, out, tc.get_world_rank(),
                    tc.get_world_size(), ray.train.report, ray.train.Checkpoint,
                    ray.train.get_checkpoint)
+    # finished: the checkpoints live in Train's storage and MLflow; drop the scratch copies
+    shutil.rmtree(out / f"rank{tc.get_world_rank()}", ignore_errors=True)
 
 
 def train_driver(config: dict[str, Any], ctx: TrialContext) -> None:

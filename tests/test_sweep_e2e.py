@@ -67,3 +67,25 @@ def test_ufgan_sweep_ray_train_promote_fuse_eval(ray_local, tmp_path, monkeypatc
     a = json.loads((tmp_path / "fused.json").read_text())["mean"]
     b = json.loads((tmp_path / "model.json").read_text())["mean"]
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-9 for k in a)
+
+
+def test_two_ray_train_workers_per_trial_log_once(ray_local, tmp_path, monkeypatch):
+    """workers: 2 — a TorchTrainer of two data-parallel ranks per trial (gradients averaged
+    over a real gloo group); rank 0 alone writes the trial's one MLflow child run."""
+    from orchestrator.search_space import load_sweep
+    from orchestrator.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml",
+                      ["resources.workers=2", "resources.cpu_per_worker=0.9"], smoke=True,
+                      num_samples=1)
+    out = run_sweep(spec, cache_dir=str(tmp_path / "cache"), verbose=0)
+    assert [r["status"] for r in out.trials] == ["finished"], out.trials
+    client = MlflowClient(out.tracking_uri)
+    exp = client.get_run(out.parent_run_id).info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{out.parent_run_id}'")
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "epoch")]
+    assert steps == [1], "one report per epoch, from rank 0 only"
+    train_runs = list((tmp_path / "ray_results").glob("train-*/checkpoint_*"))
+    assert train_runs, "the Train run checkpointed to the sweep's storage"
