@@ -11,7 +11,7 @@ the patch store hands training batches already in that range.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import ClassVar, Literal
 
@@ -127,6 +127,18 @@ class FusionModel(nn.Module):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    def discriminator_steps(self, loss_fn: Callable[[], Tensor], steps: int) -> Tensor:
+        """``steps`` updates of the ``"d"`` optimiser on ``loss_fn()`` (computed under
+        autocast each time); returns the mean D loss as a detached float32 scalar."""
+        total: Tensor | None = None
+        for _ in range(steps):
+            with self.autocast():
+                loss = loss_fn()
+            self.optimizer_step("d", loss)
+            value = loss.detach().float()
+            total = value if total is None else total + value
+        return total / steps
 
     def adversarial_content_step(self, loss_adv: Tensor, loss_int: Tensor, loss_grad: Tensor,
                                  loss_d: Tensor) -> dict[str, Tensor]:

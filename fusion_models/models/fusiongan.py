@@ -249,12 +249,7 @@ class FusionGAN(FusionModel):
         ir, vi = batch["a_label"], batch["b_label"]
         with torch.no_grad(), self.autocast():
             fake = self.generator(x).float()
-        loss_d = vi.new_zeros(())
-        for _ in range(cfg.d_steps):
-            with self.autocast():
-                loss = self._d_loss(vi, fake)
-            self.optimizer_step("d", loss)
-            loss_d = loss_d + loss.detach().float() / cfg.d_steps
+        loss_d = self.discriminator_steps(lambda: self._d_loss(vi, fake), cfg.d_steps)
 
         set_requires_grad(self.discriminator, False)
         with self.autocast():

@@ -290,17 +290,6 @@ class MFFGAN(FusionModel):
         loss_grad = (s_a * (lap_f - lap_a) ** 2).mean() + (s_b * (lap_f - lap_b) ** 2).mean()
         return loss_int, loss_grad
 
-    def _d_updates(self, real: Tensor, fake: Tensor) -> Tensor:
-        """``d_steps`` D updates on (real, detached fake) gradient maps; mean D loss."""
-        cfg = self.config
-        total = real.new_zeros(())
-        for _ in range(cfg.d_steps):
-            with self.autocast():
-                loss = d_loss(self.discriminator, real, fake, cfg.adversarial, cfg.lambda_gp)
-            self.optimizer_step("d", loss)
-            total = total + loss.detach().float()
-        return total / cfg.d_steps
-
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``d_steps`` D updates then one G update on one batch (§4.3, §4.4).
 
@@ -319,7 +308,10 @@ class MFFGAN(FusionModel):
             fused = self.generator(a, b)
         fused = fused.float()
         fake = laplacian4(fused).abs()
-        loss_d = self._d_updates(real, fake.detach())
+        fake_d = fake.detach()
+        loss_d = self.discriminator_steps(
+            lambda: d_loss(self.discriminator, real, fake_d, cfg.adversarial, cfg.lambda_gp),
+            cfg.d_steps)
 
         set_requires_grad(self.discriminator, False)
         with self.autocast():
