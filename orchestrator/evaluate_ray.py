@@ -60,16 +60,18 @@ class _Scorer:
         }
 
 
-def _ensure_ray(address: str | None, num_cpus: int | None) -> None:
+def ensure_ray(address: str | None) -> None:
+    """Join ``address`` (``auto``/``ray://...``) or start a private local Ray (127.0.0.1, no
+    dashboard, no token auth) unless this process is already connected."""
     import ray
 
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(include_dashboard=False, log_to_driver=False)
 
 
 def evaluate_ray(
@@ -88,7 +90,7 @@ def evaluate_ray(
     """
     import ray
 
-    _ensure_ray(address, None)
+    ensure_ray(address)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-10-s progress dumps
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows = [

@@ -5,24 +5,20 @@ child run (``test/<set>/<metric>``) and as a summary table (``final_eval.csv``) 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from orchestrator.search_space import SweepSpec
+from orchestrator.sweep_record import log_table, ranked
 
 log = logging.getLogger(__name__)
 
 
 def top_k(spec: SweepSpec, rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """The k best non-errored trials with a child run, by the first objective."""
-    metric, mode = spec.tune.metrics[0], spec.tune.modes[0]
-    ok = [r for r in rows if r["status"] != "error" and r["run_id"]
-          and math.isfinite(float(r[metric]))]
-    return sorted(ok, key=lambda r: float(r[metric]), reverse=mode == "max")[:k]
+    return [r for r in ranked(spec, rows) if r["run_id"]][:k]
 
 
 def _test_sets(spec: SweepSpec, cache_dir: str) -> list[tuple[str, Any]]:
@@ -43,11 +39,11 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
     """Evaluate ``tune.final_eval_top_k`` trials; returns one row per (trial, test set)."""
     from mlflow.tracking import MlflowClient
 
-    from fusion_models.data.colour import default_rule
     from fusion_models.metrics import get_convention, resolve_metric_names
     from orchestrator.evaluate import make_settings, plan_items
     from orchestrator.evaluate_ray import evaluate_ray
     from orchestrator.promote import resolve_checkpoint
+    from orchestrator.train import colour_rule
 
     k = spec.tune.final_eval_top_k
     best = top_k(spec, outcome.trials, k) if k else []
@@ -57,9 +53,7 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
     names = resolve_metric_names(metrics)
     rows: list[dict[str, Any]] = []
     for label, pair_set in _test_sets(spec, cache_dir):
-        rule = spec.run.data.colour
-        if rule == "auto":
-            rule = default_rule(spec.run.data.task or pair_set.task)
+        rule = colour_rule(spec.run, pair_set)
         items = plan_items(pair_set, None)
         for trial in best:
             local = resolve_checkpoint(f"runs:/{trial['run_id']}", outcome.tracking_uri,
@@ -71,7 +65,8 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
             client.log_batch(trial["run_id"], metrics=_metrics(finite))
             rows.append({"trial_id": trial["trial_id"], "run_id": trial["run_id"],
                          "set": label, "pairs": len(items), **mean})
-    _log_table(client, outcome.parent_run_id, rows, outcome.path / "final_eval.csv")
+    log_table(client, outcome.parent_run_id, rows, list(dict.fromkeys(k for r in rows for k in r)),
+              outcome.path / "final_eval.csv")
     return rows
 
 
@@ -82,13 +77,3 @@ def _metrics(values: dict[str, float]) -> list:
 
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, 0) for k, v in values.items()]
-
-
-def _log_table(client: Any, parent: str, rows: list[dict[str, Any]], path: Path) -> None:
-    buf = io.StringIO()
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    path.write_text(buf.getvalue())
-    client.log_text(parent, buf.getvalue(), "final_eval.csv")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.tracking import _client, child_runs, sha256_file
+from orchestrator.tracking import child_runs, mlflow_client, sha256_file
 
 log = logging.getLogger(__name__)
 CACHE_DIR = ".fusion_models"
@@ -106,7 +106,7 @@ def promote(sweep: str, tracking_uri: str, metric: str = "val/Qabf", mode: str =
     """
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     parent = find_sweep(client, sweep)
     run = pick_run(client, tracking_uri, parent, metric, mode, run_id)
     rid = run.info.run_id
@@ -145,7 +145,7 @@ def _download(ref: str, uri: str, dst: Path) -> tuple[Path, str, str]:
     """Fetch a models:/ or runs:/ ref into ``dst``: (file, expected sha256, its record)."""
     import mlflow.artifacts
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     if ref.startswith("models:/"):
         mv = _model_version(client, ref[len("models:/"):])
         dst = dst / mv.name / str(mv.version)

@@ -11,12 +11,12 @@ sweep of the YAML's model (or ``--name``) from its Tune folder.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.evaluate_ray import ensure_ray
 from orchestrator.search_space import SpaceSampler, SweepSpec
 from orchestrator.trial import TrialContext, train_driver, tune_trial
 
@@ -66,18 +66,6 @@ def check_resources(spec: SweepSpec, cluster: dict[str, float],
             f"{have} over {len(nodes)} node(s)"
             + ("" if fits_node else f"; no single node offers {worker} for one worker")
             + ". Lower resources.cpu_per_worker/gpu_per_worker/workers or add nodes.")
-
-
-def _ray_init(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on 127.0.0.1
-    ray.init(include_dashboard=False, log_to_driver=False)
 
 
 def _nodes() -> list[dict[str, float]]:
@@ -190,7 +178,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
         name = find_sweep(storage, local_root, spec.run.model, name)
     name = name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = resolve_tracking_uri(tracking_uri or spec.tracking)
-    _ray_init(address)
+    ensure_ray(address)
     check_resources(spec, ray.cluster_resources(), _nodes())
     parent = record.open_parent(spec, name, uri, resume=resume)
     r = spec.resources

@@ -15,34 +15,27 @@ log = logging.getLogger(__name__)
 
 def fuse_best(outcome, spec, cache_dir: str) -> str | None:
     """Fuse the validation pairs (the ``data.val_pairs`` the trials were measured on) with the
-    best trial's best checkpoint into
-    ``<sweep folder>/best_fused``; return the folder (None without a best checkpoint)."""
-    from mlflow.artifacts import download_artifacts
-
-    from fusion_models.data.colour import default_rule
+    best trial's best checkpoint (sha256-checked) into ``<sweep folder>/best_fused``; return
+    the folder (None without a best checkpoint)."""
     from fusion_models.registry import load_checkpoint
     from orchestrator.fuse import fuse_set
-    from orchestrator.train import resolve_set
+    from orchestrator.promote import resolve_checkpoint
+    from orchestrator.train import colour_rule, resolve_set
 
     if not outcome.best or not outcome.best.get("run_id"):
         return None
     try:
-        local = download_artifacts(run_id=outcome.best["run_id"],
-                                   artifact_path="checkpoints/best.pt",
-                                   dst_path=str(outcome.path / "best_checkpoint"),
-                                   tracking_uri=outcome.tracking_uri)
-    except Exception as exc:  # noqa: BLE001 - mlflow raises several types; report and go on
+        local = resolve_checkpoint(f"runs:/{outcome.best['run_id']}", outcome.tracking_uri,
+                                   dst=outcome.path / "best_checkpoint")
+    except ValueError as exc:  # the run, its best.pt or its digest is missing: say so, go on
         log.warning("best checkpoint of run %s not available: %s", outcome.best["run_id"], exc)
         return None
     run = spec.run
     pair_set = resolve_set(run, run.data.val or run.data.train, Path(cache_dir))
     pair_set = dataclasses.replace(pair_set, pairs=pair_set.pairs[: run.data.val_pairs])
-    rule = run.data.colour
-    if rule == "auto":
-        rule = default_rule(run.data.task or pair_set.task)
     model, _ = load_checkpoint(local, map_location="cpu")
     out = outcome.path / "best_fused"
-    fuse_set(model, pair_set, out, rule)
+    fuse_set(model, pair_set, out, colour_rule(run, pair_set))
     return str(out)
 
 

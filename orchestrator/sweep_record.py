@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from orchestrator.search_space import SweepSpec
+from orchestrator.tracking import child_runs, ensure_experiment, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,9 @@ def data_digest(value: str, spec: SweepSpec) -> str:
     return h.hexdigest()
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def find_parent(uri: str, model: str, sweep: str) -> str | None:
     """The parent run id of a sweep (by its name), or None."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(f"fusion/{model}")
     if exp is None:
         return None
@@ -56,10 +51,9 @@ def find_parent(uri: str, model: str, sweep: str) -> str | None:
 
 def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
     """Create the parent run (or reopen it on ``--resume``); return its id."""
-    from orchestrator.tracking import ensure_experiment
     from orchestrator.train_cmd import git_sha
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     if resume:
         run_id = find_parent(uri, spec.run.model, name)
         if run_id:
@@ -80,7 +74,7 @@ def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
 
 
 def close_parent(uri: str, run_id: str, status: str, note: str = "") -> None:
-    client = _client(uri)
+    client = mlflow_client(uri)
     if note:
         client.set_tag(run_id, "status_note", note[:5000])
     client.set_terminated(run_id, status=status)
@@ -95,8 +89,6 @@ def _error_line(error: BaseException | None) -> str:
 
 
 def _trial_rows(spec: SweepSpec, grid: Any, uri: str, parent: str) -> list[dict[str, Any]]:
-    from orchestrator.tracking import child_runs
-
     by_trial = {r.data.tags.get("trial_id"): r for r in child_runs(uri, parent)}
     rows = []
     for result in grid:
@@ -116,7 +108,7 @@ def _trial_rows(spec: SweepSpec, grid: Any, uri: str, parent: str) -> list[dict[
 
 
 def _close_children(uri: str, rows: list[dict[str, Any]]) -> None:
-    client = _client(uri)
+    client = mlflow_client(uri)
     for row in rows:
         if not row["run_id"]:
             continue
@@ -128,12 +120,22 @@ def _close_children(uri: str, rows: list[dict[str, Any]]) -> None:
             client.set_terminated(row["run_id"], status=status)
 
 
-def _best(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def ranked(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trial rows that did not error and have a finite first objective, best first."""
     metric, mode = spec.tune.metrics[0], spec.tune.modes[0]
     ok = [r for r in rows if r["status"] != "error" and math.isfinite(float(r[metric]))]
-    if not ok:
-        return None
-    return (max if mode == "max" else min)(ok, key=lambda r: float(r[metric]))
+    return sorted(ok, key=lambda r: float(r[metric]), reverse=mode == "max")
+
+
+def log_table(client: Any, run_id: str, rows: list[dict[str, Any]], fields: list[str],
+              path: Path) -> None:
+    """Rows as CSV: written to ``path`` and logged on ``run_id`` under the same file name."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buf.getvalue())
+    client.log_text(run_id, buf.getvalue(), path.name)
 
 
 def _study_extras(spec: SweepSpec, outcome: Any) -> tuple[list[dict], dict[str, float] | str]:
@@ -165,16 +167,11 @@ def summarise(spec: SweepSpec, grid: Any, outcome: Any) -> None:
     uri, parent = outcome.tracking_uri, outcome.parent_run_id
     rows = _trial_rows(spec, grid, uri, parent)
     _close_children(uri, rows)
-    outcome.trials, outcome.best = rows, _best(spec, rows)
+    outcome.trials, outcome.best = rows, next(iter(ranked(spec, rows)), None)
     outcome.pareto, importances = _study_extras(spec, outcome)
-    client = _client(uri)
-    buf = io.StringIO()
+    client = mlflow_client(uri)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("param."), k))
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    (outcome.path / "trials.csv").write_text(buf.getvalue())
-    client.log_text(parent, buf.getvalue(), "trials.csv")
+    log_table(client, parent, rows, keys, outcome.path / "trials.csv")
     summary = {"best": outcome.best, "pareto_front": outcome.pareto,
                "param_importances": importances, "trials": len(rows),
                "errors": sum(r["status"] == "error" for r in rows)}

@@ -26,7 +26,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """An MlflowClient on ``uri`` for tracking and the model registry alike."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -34,7 +35,7 @@ def _client(uri: str):
 
 def ensure_experiment(name: str, uri: str) -> str:
     """The experiment's id, creating it (artifacts under ./mlartifacts for sqlite stores)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -71,7 +72,7 @@ class MlflowRun:
                  ) -> None:
         from mlflow.entities import Param, RunTag
 
-        self.client = _client(uri)
+        self.client = mlflow_client(uri)
         exp_id = ensure_experiment(experiment, uri)
         all_tags = dict(tags or {})
         if parent_run_id:
@@ -88,7 +89,7 @@ class MlflowRun:
     def reattach(cls, uri: str, run_id: str) -> MlflowRun:
         """Continue an existing run (a resumed trial): marked RUNNING again, nothing re-logged."""
         obj = cls.__new__(cls)
-        obj.client = _client(uri)
+        obj.client = mlflow_client(uri)
         obj.run_id = run_id
         obj.artifact_uri = obj.client.get_run(run_id).info.artifact_uri
         obj.client.update_run(run_id, status="RUNNING")
@@ -123,7 +124,7 @@ class MlflowRun:
 
 def child_runs(uri: str, parent_run_id: str, extra_filter: str = "") -> list:
     """The child runs of a parent run (newest first)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
     if extra_filter:

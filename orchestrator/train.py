@@ -86,6 +86,14 @@ def resolve_set(spec: RunSpec, value: str, cache_dir: Path) -> PairSet:
     return open_pair_set(spec.resolve_path(value), task=spec.data.task)
 
 
+def colour_rule(spec: RunSpec, pair_set: PairSet) -> str:
+    """The spec's colour rule for a set: ``data.colour``, or for ``auto`` the task's default
+    (``data.task``, else the task the set's folder names imply)."""
+    if spec.data.colour != "auto":
+        return spec.data.colour
+    return default_rule(spec.data.task or pair_set.task)
+
+
 def _make_model(spec: RunSpec, device: torch.device) -> FusionModel:
     model = build(spec.model, spec.model_params()).to(device)
     if device.type == "cuda":
@@ -197,10 +205,7 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, rank: int = 0,
         sync_gradients(model, world_size)
     train_set = resolve_set(spec, spec.data.train, cache_dir)
     val_set = resolve_set(spec, spec.data.val or spec.data.train, cache_dir)
-    rule = spec.data.colour
-    if rule == "auto":
-        rule = default_rule(spec.data.task or val_set.task)
-    val_pairs = load_val_pairs(val_set, rule, spec.data.val_pairs)
+    val_pairs = load_val_pairs(val_set, colour_rule(spec, val_set), spec.data.val_pairs)
     loader = _loader(spec, model, train_set, cache_dir, generator)
     cap = spec.train.max_steps_per_epoch
     model.steps_per_epoch = min(len(loader), cap) if cap else len(loader)

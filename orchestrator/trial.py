@@ -113,22 +113,22 @@ class TrialReporter:
             self.report_fn(out, checkpoint=checkpoint)
 
 
+def _copy_resume(src: Path, into: Path) -> Path | None:
+    if not src.is_file():
+        return None
+    into.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(src, into / "resume.pt"))
+
+
 def _resume_path(get_checkpoint, into: Path, local_last: Path) -> Path | None:
     """What a restored trial continues from: Tune's/Train's checkpoint, else the ``last.pt``
     the loop wrote in this trial's own folder (a driver killed before Tune saved its state
-    still loses no finished epoch); None for a fresh trial."""
+    still loses no finished epoch); None for a fresh trial. Copied into ``into``."""
     ckpt = get_checkpoint()
     if ckpt is None:
-        if not local_last.is_file():
-            return None
-        into.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copy(local_last, into / "resume.pt"))
+        return _copy_resume(local_last, into)
     with ckpt.as_directory() as d:
-        src = Path(d) / "last.pt"
-        if not src.exists():
-            return None
-        into.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copy(src, into / "resume.pt"))
+        return _copy_resume(Path(d) / "last.pt", into)
 
 
 def run_trial_loop(ctx: TrialContext, params: dict[str, Any], trial_id: str, trial_name: str,
