@@ -78,6 +78,36 @@ class SpaceEntry(_Strict):
                                      step=self.step or 1)
         return trial.suggest_float(name, self.low, self.high, log=self.type == "loguniform")
 
+    def distribution(self) -> Any:
+        """The ``optuna.distributions`` object :meth:`suggest` samples from."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.type == "choice":
+            return CategoricalDistribution(self.values)
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log,
+                                   step=self.step or 1)
+        return FloatDistribution(self.low, self.high, log=self.type == "loguniform")
+
+    def coerce(self, value: Any) -> Any:
+        """A value read back from a CSV cell (a string) as the type this entry samples;
+        None for an empty cell (a conditional entry the trial did not sample)."""
+        if value is None or (isinstance(value, str) and value == "") or \
+                (isinstance(value, float) and math.isnan(value)):
+            return None
+        if self.type == "choice":
+            by_text = {str(v): v for v in self.values or []}
+            if value in (self.values or []):
+                return value
+            if str(value) in by_text:
+                return by_text[str(value)]
+            raise ValueError(f"{value!r} is not one of the choices {self.values}")
+        return int(float(value)) if self.type == "int" else float(value)
+
     def active(self, sampled: dict[str, Any]) -> bool:
         """Whether ``when`` holds for the values sampled so far."""
         for key, want in (self.when or {}).items():

@@ -127,7 +127,9 @@ def _scheduler(spec: SweepSpec):
                          reduction_factor=s.reduction_factor)
 
 
-def _trainable(spec: SweepSpec, ctx: TrialContext):
+def trainable(spec: SweepSpec, ctx: TrialContext):
+    """The Tune trainable of one trial with its resource request (``workers`` 0: the loop in
+    the trial; >= 1: a Ray Train driver, pinned by ``driver_resource``)."""
     from functools import partial
 
     from ray import tune
@@ -149,9 +151,9 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_ro
            resume: bool, verbose: int):
     from ray import tune
 
-    trainable = _trainable(spec, ctx)
+    fn = trainable(spec, ctx)
     if resume:
-        return tune.Tuner.restore(f"{storage.rstrip('/')}/{name}", trainable=trainable,
+        return tune.Tuner.restore(f"{storage.rstrip('/')}/{name}", trainable=fn,
                                   resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     tune_config = tune.TuneConfig(
@@ -161,7 +163,19 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_ro
     run_config = tune.RunConfig(
         name=name, storage_path=storage, verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures))
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
+
+
+def trial_context(spec: SweepSpec, name: str, uri: str, parent: str, cache_dir: str,
+                  storage: str) -> TrialContext:
+    """What every trial of this sweep (or of its re-seed runs) is handed."""
+    r = spec.resources
+    return TrialContext(
+        run_spec=spec.run.model_dump(mode="json"), tune=spec.tune.model_dump(mode="json"),
+        tracking_uri=uri, experiment=f"fusion/{spec.run.model}", parent_run_id=parent,
+        sweep_name=name, cache_dir=str(Path(cache_dir).resolve()), workers=r.workers,
+        use_gpu=r.gpu_per_worker > 0, cpu_per_worker=r.cpu_per_worker,
+        gpu_per_worker=r.gpu_per_worker, storage=storage)
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
@@ -181,13 +195,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     ensure_ray(address)
     check_resources(spec, ray.cluster_resources(), _nodes())
     parent = record.open_parent(spec, name, uri, resume=resume)
-    r = spec.resources
-    ctx = TrialContext(
-        run_spec=spec.run.model_dump(mode="json"), tune=spec.tune.model_dump(mode="json"),
-        tracking_uri=uri, experiment=f"fusion/{spec.run.model}", parent_run_id=parent,
-        sweep_name=name, cache_dir=str(Path(cache_dir).resolve()), workers=r.workers,
-        use_gpu=r.gpu_per_worker > 0, cpu_per_worker=r.cpu_per_worker,
-        gpu_per_worker=r.gpu_per_worker, storage=storage)
+    ctx = trial_context(spec, name, uri, parent, cache_dir, storage)
     try:
         grid = _tuner(spec, ctx, name, storage, local_root, resume, verbose).fit()
     except BaseException as exc:

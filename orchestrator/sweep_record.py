@@ -2,7 +2,8 @@
 
 Parent run (experiment ``fusion/<model>``, run name = sweep name, tag ``sweep_name``): the
 resolved YAML, git SHA, a sha256 per data set; at the end the trial table (CSV), the best
-trial, the Pareto front (multi-objective), Optuna parameter importances. Child runs left
+trial, the Pareto front (multi-objective), fANOVA and MDI parameter importances per objective
+(``summary.json`` and ``importance/<evaluator>/<objective>/<param>`` metrics). Child runs left
 RUNNING by early-stopped trials are closed (tag ``early_stopped``); errored trials FAILED.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from orchestrator.search_space import SweepSpec
+from orchestrator.sensitivity import param_importances
 from orchestrator.tracking import child_runs, ensure_experiment, mlflow_client
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def close_parent(uri: str, run_id: str, status: str, note: str = "") -> None:
     client.set_terminated(run_id, status=status)
 
 
-def _error_line(error: BaseException | None) -> str:
+def error_line(error: BaseException | None) -> str:
     """The exception line of a trial's error (the last line of Ray's remote traceback)."""
     if error is None:
         return ""
@@ -99,7 +101,7 @@ def _trial_rows(spec: SweepSpec, grid: Any, uri: str, parent: str) -> list[dict[
         row = {"trial_id": trial_id, "status": "error" if result.error else
                ("stopped" if epoch < spec.epochs else "finished"), "epoch": epoch,
                "run_id": child.info.run_id if child else "",
-               "error": _error_line(result.error)}
+               "error": error_line(result.error)}
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
         for m in spec.tune.metrics + ["val/degenerate"]:
             row[m] = metrics.get(m, float("nan"))
@@ -138,28 +140,35 @@ def log_table(client: Any, run_id: str, rows: list[dict[str, Any]], fields: list
     client.log_text(run_id, buf.getvalue(), path.name)
 
 
-def _study_extras(spec: SweepSpec, outcome: Any) -> tuple[list[dict], dict[str, float] | str]:
-    """Pareto front (multi-objective) and parameter importances from the Optuna study."""
+def _pareto(spec: SweepSpec, outcome: Any) -> list[dict]:
+    """The Pareto front of a multi-objective sweep, from its Optuna study ([] otherwise)."""
     import optuna
 
+    if len(spec.tune.metrics) < 2:
+        return []
     storage = f"sqlite:///{outcome.path / 'optuna.db'}"
     try:
         study = optuna.load_study(study_name=outcome.name, storage=storage)
     except (KeyError, ValueError) as exc:
-        return [], f"no study: {exc}"
-    pareto = []
-    if len(spec.tune.metrics) > 1:
-        pareto = [{"number": t.number, "params": t.params,
-                   "values": dict(zip(spec.tune.metrics, t.values, strict=True))}
-                  for t in study.best_trials]
-    try:
-        target = (lambda t: t.values[0]) if len(spec.tune.metrics) > 1 else None
-        importances: dict[str, float] | str = {
-            k: float(v) for k, v in
-            optuna.importance.get_param_importances(study, target=target).items()}
-    except (RuntimeError, ValueError) as exc:  # too few finished trials or parameters
-        importances = f"not computed: {exc}"
-    return pareto, importances
+        log.warning("no Optuna study for the Pareto front: %s", exc)
+        return []
+    return [{"number": t.number, "params": t.params,
+             "values": dict(zip(spec.tune.metrics, t.values, strict=True))}
+            for t in study.best_trials]
+
+
+def log_importances(client: Any, run_id: str, sens: dict[str, Any]) -> None:
+    """``importance/<evaluator>/<objective>/<param>`` metrics on the parent run."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(f"importance/{kind}/{metric}/{param}", value, now, 0)
+             for metric, per in sens["importances"].items()
+             for kind, values in per.items() for param, value in values.items()]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
 
 
 def summarise(spec: SweepSpec, grid: Any, outcome: Any) -> None:
@@ -168,12 +177,14 @@ def summarise(spec: SweepSpec, grid: Any, outcome: Any) -> None:
     rows = _trial_rows(spec, grid, uri, parent)
     _close_children(uri, rows)
     outcome.trials, outcome.best = rows, next(iter(ranked(spec, rows)), None)
-    outcome.pareto, importances = _study_extras(spec, outcome)
+    outcome.pareto = _pareto(spec, outcome)
+    sens = param_importances(spec, rows, seed=spec.tune.seed)
     client = mlflow_client(uri)
+    log_importances(client, parent, sens)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("param."), k))
     log_table(client, parent, rows, keys, outcome.path / "trials.csv")
     summary = {"best": outcome.best, "pareto_front": outcome.pareto,
-               "param_importances": importances, "trials": len(rows),
+               "param_importances": sens, "trials": len(rows),
                "errors": sum(r["status"] == "error" for r in rows)}
     client.log_text(parent, json.dumps(summary, indent=1, default=str), "summary.json")
     if outcome.best:

@@ -41,12 +41,28 @@ class TrialContext:
     storage: str
 
 
-def trial_spec(ctx: TrialContext, params: dict[str, Any]):
-    """The trial's RunSpec: the sweep's run spec with the sampled parameters in ``fixed``."""
+#: A re-seed trial's config (``orchestrator sweep --reseed-best``): ``{RESEED: {**params,
+#: "__seed__": seed, "__reseed_of__": original trial id}}`` (one grid-search entry).
+RESEED = "__reseed__"
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model parameters, re-seed extras ``{"seed", "reseed_of"}`` or {}) of a trial config."""
+    if RESEED not in config:
+        return dict(config), {}
+    params = dict(config[RESEED])
+    return params, {"seed": params.pop("__seed__"), "reseed_of": params.pop("__reseed_of__")}
+
+
+def trial_spec(ctx: TrialContext, params: dict[str, Any], seed: int | None = None):
+    """The trial's RunSpec: the sweep's run spec with the sampled parameters in ``fixed``
+    (and ``train.seed`` replaced for a re-seed trial)."""
     from orchestrator.config import RunSpec
 
     raw = dict(ctx.run_spec)
     raw["fixed"] = {**raw.get("fixed", {}), **params}
+    if seed is not None:
+        raw["train"] = {**raw["train"], "seed": int(seed)}
     if ctx.use_gpu:
         raw["train"] = {**raw["train"], "device": "cuda"}
     return RunSpec(**raw)
@@ -62,8 +78,10 @@ def _node_id() -> str:
         return ""
 
 
-def open_child_run(ctx: TrialContext, trial_id: str, trial_name: str, spec):
-    """The trial's MLflow child run: the existing one with this trial_id, else a new one."""
+def open_child_run(ctx: TrialContext, trial_id: str, trial_name: str, spec,
+                   extra_tags: dict[str, Any] | None = None):
+    """The trial's MLflow child run: the existing one with this trial_id, else a new one
+    (``extra_tags``: a re-seed trial's ``seed`` and ``reseed_of``)."""
     from orchestrator.tracking import MlflowRun, find_child_run
     from orchestrator.train_cmd import run_params
 
@@ -75,7 +93,7 @@ def open_child_run(ctx: TrialContext, trial_id: str, trial_name: str, spec):
         run.client.set_tag(existing, "resumed_from_node", previous)
         return run
     tags = {"trial_id": trial_id, "sweep": ctx.sweep_name, "model": spec.model,
-            "node_id": _node_id()}
+            "node_id": _node_id(), **{k: str(v) for k, v in (extra_tags or {}).items()}}
     return MlflowRun(ctx.tracking_uri, ctx.experiment, trial_name, run_params(spec), tags,
                      parent_run_id=ctx.parent_run_id)
 
@@ -137,8 +155,9 @@ def run_trial_loop(ctx: TrialContext, params: dict[str, Any], trial_id: str, tri
     """The loop for one trial on one process (rank); raises when the run diverged."""
     from orchestrator.train import run_training
 
-    spec = trial_spec(ctx, params)
-    mlflow_run = open_child_run(ctx, trial_id, trial_name, spec) if rank == 0 else None
+    params, reseed = split_config(params)
+    spec = trial_spec(ctx, params, reseed.get("seed"))
+    mlflow_run = open_child_run(ctx, trial_id, trial_name, spec, reseed) if rank == 0 else None
     reporter = TrialReporter(ctx, mlflow_run, report_fn, checkpoint_cls)
     resume = _resume_path(get_checkpoint, out_dir, out_dir / f"rank{rank}" / "last.pt")
     try:
