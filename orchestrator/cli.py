@@ -98,19 +98,74 @@ def train_command(spec: str, overrides: tuple[str, ...], smoke: bool, device: st
 @click.option("--cache-dir", type=click.Path(), default=None,
               help="Generated data and patch stores (default FUSION_CACHE_DIR or ~/.cache).")
 @click.option("--quiet", is_flag=True, help="No live trial table.")
+@click.option("--reseed-best", type=int, default=None, metavar="N",
+              help="Instead of searching: train the N best configurations of a finished sweep "
+              "(--name, default the newest of this model) again with --seeds new seeds each.")
+@click.option("--seeds", type=int, default=3, show_default=True, metavar="K",
+              help="Seeds per configuration for --reseed-best.")
 def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...],
                   address: str | None, smoke: bool, resume: bool, name: str | None,
-                  tracking_uri: str | None, cache_dir: str | None, quiet: bool) -> None:
+                  tracking_uri: str | None, cache_dir: str | None, quiet: bool,
+                  reseed_best: int | None, seeds: int) -> None:
     """Search a model's hyperparameters (Ray Tune + Optuna + ASHA), every trial in MLflow."""
     from orchestrator import sweep_cmd
     from orchestrator.eval_cmd import cache_dir as default_cache
     from orchestrator.sweep import SweepError
 
+    cache = cache_dir or str(default_cache())
     try:
+        if reseed_best is not None:
+            if overrides or smoke or resume or num_samples is not None:
+                raise ValueError("--reseed-best re-runs the sweep's own logged settings: "
+                                 "drop --set/--smoke/--resume/--num-samples")
+            sweep_cmd.reseed(spec, name, reseed_best, seeds, tracking_uri, cache, address, quiet)
+            return
         sweep_cmd.run(spec, overrides, smoke, num_samples, address, resume, name,
-                      tracking_uri, cache_dir or str(default_cache()), quiet)
+                      tracking_uri, cache, quiet)
     except (ValueError, SweepError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command("report")
+@click.argument("sweep")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for index.html, sensitivity.json, metrics.csv and fused images.")
+@click.option("--top", default=3, show_default=True, help="Top trials compared.")
+@click.option("--data", default=None, help="Test set (default: tune.test_data[0], else the "
+              "validation set).")
+@click.option("--pairs", default=8, show_default=True, help="Test pairs measured (the first N).")
+@click.option("--grid-pairs", default=3, show_default=True, help="Test pairs shown as images.")
+@click.option("--metrics", default=",".join(("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf",
+                                             "SSIM")), show_default=True,
+              help="Comma-separated metric names (the objectives are added).")
+@click.option("--ui-url", default="http://127.0.0.1:5000", show_default=True,
+              help="Where `orchestrator ui` serves: the page links each trial to its run there.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default sqlite:///mlflow.db here).")
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Generated data (default FUSION_CACHE_DIR or ~/.cache).")
+def report_command(sweep: str, out_dir: str, top: int, data: str | None, pairs: int,
+                   grid_pairs: int, metrics: str, ui_url: str, tracking_uri: str | None,
+                   cache_dir: str | None) -> None:
+    """Write an HTML report of a finished sweep (SWEEP: name or parent run id)."""
+    import os
+
+    from fusion_models.metrics import resolve_metric_names
+    from orchestrator.eval_cmd import cache_dir as default_cache
+    from orchestrator.report import ReportArgs, write_report
+    from orchestrator.tracking import resolve_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per artifact
+    try:
+        args = ReportArgs(sweep, out_dir, resolve_tracking_uri(tracking_uri), top, data, pairs,
+                          grid_pairs, tuple(resolve_metric_names(metrics)), ui_url,
+                          cache_dir or str(default_cache()))
+        page = write_report(args)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
+    click.echo(f"report: {page}")
+    click.echo(f"logged on the sweep's parent run as report/index.html; browse with "
+               f"`orchestrator ui` ({ui_url})")
 
 
 @main.command("promote")
@@ -183,9 +238,12 @@ def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
     import os
     import sys
 
-    from orchestrator.tracking import DEFAULT_ARTIFACTS, resolve_tracking_uri
+    from orchestrator.tracking import DEFAULT_ARTIFACTS, report_runs, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    for sweep, exp_id, run_id in report_runs(uri):
+        click.echo(f"report of sweep {sweep}: http://{host}:{port}/#/experiments/{exp_id}/runs/"
+                   f"{run_id} (Artifacts: report/index.html)", err=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--default-artifact-root", str(Path(DEFAULT_ARTIFACTS).resolve()),
            "--host", host, "--port", str(port), "--workers", "1"]

@@ -136,3 +136,18 @@ def find_child_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
     """The run id of the child run tagged with this Tune trial id, if there is one."""
     runs = child_runs(uri, parent_run_id, f"tags.trial_id = '{trial_id}'")
     return runs[0].info.run_id if runs else None
+
+
+def report_runs(uri: str) -> list[tuple[str, str, str]]:
+    """(sweep name, experiment id, parent run id) of every sweep with an ``orchestrator
+    report`` page logged, newest first; [] for a store that does not exist yet."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    client = mlflow_client(uri)
+    exps = client.search_experiments(filter_string="name LIKE 'fusion/%'")
+    if not exps:
+        return []
+    runs = client.search_runs([e.experiment_id for e in exps], "tags.report = 'report/index.html'",
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    return [(r.data.tags.get("sweep_name", ""), r.info.experiment_id, r.info.run_id)
+            for r in runs]

@@ -14,43 +14,21 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from _procs import free_port, stop_group, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 DRIVER = Path(__file__).with_name("_multinode_driver.py")
 EPOCHS, SAMPLES = 8, 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_group(proc: subprocess.Popen, grace: float = 15) -> None:
-    """SIGTERM the process group we started (start_new_session), then SIGKILL it."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(grace)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # also stragglers of an exited leader
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def _kill_ray_leftovers(ray_tmp: str) -> list[str]:
@@ -72,7 +50,7 @@ def _kill_ray_leftovers(ray_tmp: str) -> list[str]:
 @contextmanager
 def mlflow_server(root: Path) -> Iterator[str]:
     """``mlflow server`` on a free port (sqlite backend, served artifacts); its URI."""
-    port = _free_port()
+    port = free_port()
     log = (root / "mlflow-server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -81,19 +59,10 @@ def mlflow_server(root: Path) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, (root / "mlflow-server.log").read_text()[-3000:]
-            assert time.time() < deadline, "mlflow server: no /health answer in 90 s"
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as res:
-                    if res.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+        wait_healthy(proc, f"{uri}/health", root / "mlflow-server.log")
         yield uri
     finally:
-        _stop_group(proc)
+        stop_group(proc)
         log.close()
 
 
@@ -120,7 +89,7 @@ def test_sweep_on_two_nodes_survives_losing_the_worker(tmp_path):
                 except subprocess.TimeoutExpired:
                     rc = None
                 finally:
-                    _stop_group(driver, grace=5)
+                    stop_group(driver, grace=5)
             tail = driver_log.read_text()[-4000:]
             assert rc == 0, f"driver rc={rc}\n{tail}"
             summary = json.loads(out_json.read_text())

@@ -1,0 +1,193 @@
+"""`orchestrator sweep --reseed-best` and `orchestrator report` on a real sweep: a real local
+Ray, Optuna, MLflow (sqlite, then served by the real `orchestrator ui`), and the page checked
+in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _chromium import check_page, image_stats
+from _procs import free_port, stop_group, wait_healthy
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.search_space import load_sweep
+from orchestrator.sweep import run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "search_spaces" / "mffgan.yaml"
+SAMPLES, TOP, SEEDS = 4, 2, 2
+OBJECTIVES = ["val/Qabf", "val/SF"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, ray_local):
+    """A 4-trial two-objective MFF-GAN sweep, its 2 best configs re-seeded twice, a report."""
+    work = tmp_path_factory.mktemp("report")
+    cache = str(tmp_path_factory.mktemp("report-cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        spec = load_sweep(SPEC, ["tune.metric=[val/Qabf, val/SF]", "tune.mode=[max, max]",
+                                 "train.max_steps_per_epoch=8", "tune.final_eval_top_k=0"],
+                          smoke=True, num_samples=SAMPLES)
+        out = run_sweep(spec, name="mff-report", cache_dir=cache, verbose=0)
+        reseed = _cli("sweep", str(SPEC), "--reseed-best", str(TOP), "--seeds", str(SEEDS),
+                      "--name", out.name, "--cache-dir", cache, "--quiet")
+        port = free_port()
+        report = _cli("report", out.name, "--out", str(work / "report"), "--top", str(TOP),
+                      "--pairs", "3", "--grid-pairs", "2", "--ui-url", f"http://127.0.0.1:{port}",
+                      "--cache-dir", cache)
+    return {"work": work, "out": out, "uri": out.tracking_uri, "port": port,
+            "reseed_output": reseed, "report_output": report,
+            "page": work / "report" / "index.html"}
+
+
+def _children(uri: str, parent: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def test_reseed_trains_the_best_configs_again_and_logs_the_spread(swept):
+    out, uri = swept["out"], swept["uri"]
+    client = MlflowClient(uri)
+    reseeds = [r for r in _children(uri, out.parent_run_id) if "reseed_of" in r.data.tags]
+    assert len(reseeds) == TOP * SEEDS and {r.info.status for r in reseeds} == {"FINISHED"}
+    best = [r["trial_id"] for r in sorted(
+        [r for r in out.trials if r["status"] == "finished"],
+        key=lambda r: -r[OBJECTIVES[0]])][:TOP]
+    assert {r.data.tags["reseed_of"] for r in reseeds} == set(best)
+    assert sorted(r.data.tags["seed"] for r in reseeds) == ["1", "1", "2", "2"]
+    by_trial = {r["trial_id"]: r for r in out.trials}
+    for run in reseeds:  # the same configuration as the trial it re-seeds
+        original = by_trial[run.data.tags["reseed_of"]]
+        for key, value in run.data.params.items():
+            if f"param.{key}" in original:
+                want = original[f"param.{key}"]
+                if isinstance(want, float):
+                    assert float(value) == pytest.approx(want), key
+                else:
+                    assert value == str(want), key
+    path = client.download_artifacts(out.parent_run_id, "seed_variance.json", str(swept["work"]))
+    stats = json.loads(Path(path).read_text())["stats"]
+    assert [s["trial_id"] for s in stats] == best
+    for s in stats:
+        mine = [r for r in reseeds if r.data.tags["reseed_of"] == s["trial_id"]]
+        for m in OBJECTIVES:
+            values = [r.data.metrics[m] for r in mine]
+            assert s[f"{m}/std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+            assert s[m] == pytest.approx(by_trial[s["trial_id"]][m])
+    assert f"trial {best[0]} (seeds [1, 2])" in swept["reseed_output"]
+
+
+def test_report_files_are_logged_on_the_parent_run(swept):
+    out, uri = swept["out"], swept["uri"]
+    client = MlflowClient(uri)
+    names = {a.path for a in client.list_artifacts(out.parent_run_id, "report")}
+    assert names == {"report/index.html", "report/sensitivity.json", "report/metrics.csv"}
+    parent = client.get_run(out.parent_run_id)
+    assert "report/index.html" in parent.data.tags["mlflow.note.content"]
+    logged = {k for k in parent.data.metrics if k.startswith("importance/")}
+    assert {k.rsplit("/", 1)[0] for k in logged} == {
+        f"importance/{kind}/{m}" for kind in ("fanova", "mdi") for m in OBJECTIVES}
+    sens = json.loads((swept["page"].parent / "sensitivity.json").read_text())
+    spec = load_sweep(SPEC)
+    assert set(sens["importances"]) == set(OBJECTIVES)
+    for per in sens["importances"].values():
+        for kind in ("fanova", "mdi"):
+            assert set(per[kind]) <= set(spec.space) and len(per[kind]) >= 2
+            assert sum(per[kind].values()) == pytest.approx(1.0)
+    rows = (swept["page"].parent / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["method", "kind", "EN"] and len(rows) == 1 + 2 + 4 + TOP
+
+
+def test_report_renders_in_headless_chromium(swept):
+    out = swept["out"]
+    n_trials = len(out.trials)
+    result = check_page(swept["page"].as_uri(), {
+        "metric_rows": "document.querySelectorAll('#metric-table tbody tr').length",
+        "kinds": "[...document.querySelectorAll('#metric-table tbody tr')].map(r => r.className)",
+        "best_cells": "document.querySelectorAll('#metric-table td.best').length",
+        "headers": "[...document.querySelectorAll('#metric-table th')].map(t => t.textContent)",
+        "trial_rows": "document.querySelectorAll('#trial-table tbody tr').length",
+        "figures": "[...document.querySelectorAll('img.fig')].map(i => [i.id, i.naturalWidth])",
+        "grid_images": "[...document.querySelectorAll('#image-grid img')].map(i => i.naturalWidth)",
+        "links": "[...document.querySelectorAll('a')].map(a => a.href)",
+    }, ["#image-grid", "#metric-table"])
+    assert result.errors == [], result.errors
+    v = result.values
+    assert v["metric_rows"] == 2 + 4 + TOP
+    assert v["kinds"] == ["source"] * 2 + ["baseline"] * 4 + ["trial"] * TOP
+    assert "SF ↑" in v["headers"] and "Qabf ↑" in v["headers"]
+    assert v["best_cells"] >= 9, "each of the 9 metric columns has a best value"
+    assert v["trial_rows"] == n_trials
+    assert {f[0] for f in v["figures"]} == {"pareto", "importances", "marginals", "seeds",
+                                            "curves"}
+    assert all(w > 100 for _, w in v["figures"]), v["figures"]
+    assert len(v["grid_images"]) == 2 * 2 * (2 + 4 + TOP) and min(v["grid_images"]) > 50
+    grid = image_stats(result.shots["#image-grid"])
+    assert grid["height"] > 400 and grid["std"] > 20 and grid["colours"] > 200, grid
+    run_ids = {r["run_id"] for r in out.trials}
+    linked = {m.group(1) for link in v["links"] if (m := re.search(r"/runs/(\w+)$", link))}
+    assert run_ids <= linked and out.parent_run_id in linked
+
+
+def test_ui_serves_the_report_and_the_runs_it_links(swept):
+    """`orchestrator ui` (a real MLflow UI server) serves the page as the parent run's artifact,
+    and every run the page links to exists there."""
+    work, port, out = swept["work"], swept["port"], swept["out"]
+    log = work / "ui.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", swept["uri"],
+             "--port", str(port)], cwd=work, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, f"{base}/health", log)
+        assert (f"report of sweep {out.name}: {base}/#/experiments/") in log.read_text()
+        assert f"/runs/{out.parent_run_id} (Artifacts: report/index.html)" in log.read_text()
+        url = f"{base}/get-artifact?path=report/index.html&run_uuid={out.parent_run_id}"
+        with urllib.request.urlopen(url, timeout=30) as res:
+            assert res.read() == swept["page"].read_bytes()
+        page = swept["page"].read_text()
+        links = set(re.findall(r'href="(http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs/(\w+))"',
+                               page))
+        assert len(links) >= len(out.trials) + 1
+        for _, exp_id, run_id in links:
+            api = f"{base}/ajax-api/2.0/mlflow/runs/get?run_id={run_id}"
+            with urllib.request.urlopen(api, timeout=30) as res:
+                run = json.load(res)["run"]
+            assert run["info"]["experiment_id"] == exp_id
+    finally:
+        stop_group(proc)
+
+
+def test_report_and_reseed_name_what_is_wrong(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = CliRunner().invoke(main, ["report", "no-such-sweep", "--out", "r",
+                                    "--tracking-uri", uri])
+    assert res.exit_code != 0 and "unknown sweep 'no-such-sweep'" in res.output
+    assert not (tmp_path / "r").exists(), "nothing half-written"
+    res = CliRunner().invoke(main, ["sweep", str(SPEC), "--reseed-best", "2",
+                                    "--tracking-uri", uri])
+    assert res.exit_code != 0 and "no finished sweep of mffgan" in res.output
+    res = CliRunner().invoke(main, ["sweep", str(SPEC), "--reseed-best", "2", "--smoke"])
+    assert res.exit_code != 0 and "drop --set/--smoke" in res.output

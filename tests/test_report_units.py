@@ -1,0 +1,132 @@
+"""The sensitivity and report building blocks on data whose answer is known."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from orchestrator.evaluate import EvalReport, PairResult
+from orchestrator.report_images import Method, metric_table, pick_crop, tiles
+from orchestrator.report_plots import pareto_mask
+from orchestrator.search_space import SpaceEntry, load_sweep
+from orchestrator.sensitivity import param_importances, seed_stats, usable_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_space_entries_map_to_optuna_distributions_and_read_back_csv_cells():
+    log = SpaceEntry(type="loguniform", low=1e-5, high=1e-3)
+    assert log.distribution() == FloatDistribution(1e-5, 1e-3, log=True)
+    assert SpaceEntry(type="int", low=16, high=64, log=True).distribution() == \
+        IntDistribution(16, 64, log=True)
+    choice = SpaceEntry(type="choice", values=[8, 16, "unet", True])
+    assert choice.distribution() == CategoricalDistribution([8, 16, "unet", True])
+    assert choice.coerce("16") == 16 and choice.coerce("unet") == "unet"
+    assert choice.coerce("True") is True and choice.coerce("") is None
+    assert log.coerce("2.5e-4") == pytest.approx(2.5e-4) and log.coerce(math.nan) is None
+    assert SpaceEntry(type="int", low=1, high=5).coerce("3.0") == 3
+    with pytest.raises(ValueError, match="not one of the choices"):
+        choice.coerce("32")
+
+
+@pytest.fixture(scope="module")
+def pmgi_spec():
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml")
+    spec.tune.metric, spec.tune.mode = ["val/Qabf", "val/MSE"], ["max", "min"]
+    return spec
+
+
+def _rows(spec, n: int, seed: int = 0) -> list[dict]:
+    """Trials whose Qabf depends on w_int_a only and whose MSE depends on lr_g only."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        p = {k: (rng.choice(e.values).item() if e.type == "choice" else
+                 float(np.exp(rng.uniform(np.log(e.low), np.log(e.high)))))
+             for k, e in spec.space.items()}
+        rows.append({"trial_id": f"t{i}", "run_id": f"r{i}", "status": "finished",
+                     **{f"param.{k}": str(v) for k, v in p.items()},  # as read from a CSV
+                     "val/Qabf": 0.1 * np.log(p["w_int_a"]) + 1e-4 * rng.normal(),
+                     "val/MSE": 50 * np.log(p["lr_g"]) ** 2 + 1e-3 * rng.normal()})
+    return rows
+
+
+def test_importances_name_the_parameter_each_objective_depends_on(pmgi_spec):
+    result = param_importances(pmgi_spec, _rows(pmgi_spec, 40))
+    assert result["n_trials"] == 40 and result["basis"] == "40 finished trials"
+    assert not result["notes"]
+    for metric, param in (("val/Qabf", "w_int_a"), ("val/MSE", "lr_g")):
+        for kind in ("fanova", "mdi"):
+            values = result["importances"][metric][kind]
+            assert set(values) == set(pmgi_spec.space)
+            assert sum(values.values()) == pytest.approx(1.0)
+            assert max(values, key=values.get) == param, (metric, kind, values)
+            assert values[param] > 0.6, (metric, kind, values)
+
+
+def test_importances_fall_back_to_stopped_trials_and_say_so(pmgi_spec):
+    rows = _rows(pmgi_spec, 6)
+    for r in rows[:4]:
+        r["status"] = "stopped"
+    rows[5]["status"] = "error"
+    used, basis = usable_rows(pmgi_spec, rows)
+    assert len(used) == 5 and "1 finished, 4 stopped early" in basis
+    few = param_importances(pmgi_spec, rows[:1])
+    assert few["importances"] == {} and "at least 2" in few["notes"]["val/Qabf"]
+
+
+def test_seed_stats_are_the_sample_statistics_per_configuration(pmgi_spec):
+    originals = {"a": {"run_id": "ra", "val/Qabf": 0.5, "val/MSE": 10.0},
+                 "b": {"run_id": "rb", "val/Qabf": 0.4, "val/MSE": 12.0}}
+    rows = [{"reseed_of": "a", "seed": s, "status": "finished", "val/Qabf": q, "val/MSE": m}
+            for s, q, m in ((1, 0.41, 11.0), (2, 0.47, 13.0), (3, 0.44, 12.5))]
+    rows += [{"reseed_of": "b", "seed": 1, "status": "finished", "val/Qabf": 0.39,
+              "val/MSE": 12.2},
+             {"reseed_of": "b", "seed": 2, "status": "error", "val/Qabf": math.nan,
+              "val/MSE": math.nan}]
+    a, b = seed_stats(pmgi_spec, rows, originals)
+    assert a["trial_id"] == "a" and a["seeds"] == [1, 2, 3] and a["n"] == 3
+    assert a["val/Qabf"] == 0.5
+    assert a["val/Qabf/mean"] == pytest.approx(np.mean([0.41, 0.47, 0.44]))
+    assert a["val/Qabf/std"] == pytest.approx(np.std([0.41, 0.47, 0.44], ddof=1))
+    assert (a["val/MSE/min"], a["val/MSE/max"]) == (11.0, 13.0)
+    assert b["seeds"] == [1] and math.isnan(b["val/Qabf/std"]), "one seed: no spread"
+
+
+def test_crop_lands_on_the_detailed_region():
+    rng = np.random.default_rng(0)
+    a = np.full((200, 300, 1), 100, np.uint8)
+    a[120:180, 200:280] = rng.integers(0, 255, (60, 80, 1), dtype=np.uint8)
+    b = np.full((200, 300, 3), 60, np.uint8)
+    y, x, size = pick_crop(a, b)
+    assert size == 50 and 120 - 10 <= y <= 180 - size + 10 and 200 - 10 <= x <= 280 - size + 10
+    whole, zoom = tiles(a, (y, x, size))
+    assert whole.startswith("data:image/png;base64,") and zoom.startswith("data:image/png")
+
+
+def _method(key: str, kind: str, values: dict[str, float], verdict: str = "") -> Method:
+    report = EvalReport(convention=None, method=None)
+    report.results = [PairResult("p0", values, {"verdict": verdict})]
+    return Method(key, key, kind, report=report)
+
+
+def test_metric_table_marks_the_best_by_direction_and_ignores_sources():
+    methods = [_method("source_a", "source", {"SF": 99.0, "MSE": 0.0}),
+               _method("average", "baseline", {"SF": 5.0, "MSE": 30.0}),
+               _method("t1", "trial", {"SF": 9.0, "MSE": 40.0}, verdict="copies source A")]
+    table = metric_table(methods, ["SF", "MSE"])
+    assert [c["arrow"] for c in table["columns"]] == ["↑", "↓"]
+    best = {(r["label"], c["name"]) for r in table["rows"]
+            for c, cell in zip(table["columns"], r["cells"], strict=True) if cell["best"]}
+    assert best == {("t1", "SF"), ("average", "MSE")}
+    assert [r["degenerate"] for r in table["rows"]] == [[], [], ["copies source A"]]
+
+
+def test_pareto_mask_keeps_the_non_dominated_points():
+    values = np.array([[1.0, 1.0], [2.0, 0.5], [0.5, 2.0], [0.9, 0.9], [2.0, 0.4]])
+    assert pareto_mask(values, ["max", "max"]).tolist() == [True, True, True, False, False]
+    assert pareto_mask(values, ["min", "min"]).tolist() == [False, False, True, True, True]
