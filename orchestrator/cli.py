@@ -241,7 +241,12 @@ def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
     from orchestrator.tracking import DEFAULT_ARTIFACTS, report_runs, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    for sweep, exp_id, run_id in report_runs(uri):
+    try:
+        reports = report_runs(uri)
+    except Exception as exc:  # noqa: BLE001 - listing reports must never keep the UI down
+        logging.getLogger(__name__).warning("could not list sweep reports in %s: %s", uri, exc)
+        reports = []
+    for sweep, exp_id, run_id in reports:
         click.echo(f"report of sweep {sweep}: http://{host}:{port}/#/experiments/{exp_id}/runs/"
                    f"{run_id} (Artifacts: report/index.html)", err=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

@@ -4,11 +4,12 @@ What it shows (``orchestrator/templates/report.html.j2``): the metric table of t
 the baselines and the sources on a test set (best value per column marked, each metric's
 direction), an image grid per test pair (sources, baselines, top trials, the same zoomed
 crop), the Pareto front (multi-objective), fANOVA and MDI parameter importances per objective,
-marginal plots of each objective against each searched parameter, seed-variance bars (after
-``orchestrator sweep --reseed-best``), loss and validation curves, and the degenerate-fusion
-flags. Every trial links to its run in the MLflow UI; the page, ``sensitivity.json`` and
-``metrics.csv`` are logged on the sweep's parent run (``report/``), whose description links
-back, so ``orchestrator ui`` leads to the report and the report to the runs.
+marginal plots of each validation metric against each searched parameter, seed-variance
+bars (after ``orchestrator sweep --reseed-best``), loss and validation curves, and the
+degenerate-fusion flags. Every trial links to its run in the MLflow UI; the page,
+``sensitivity.json`` and ``metrics.csv`` are logged on the sweep's parent run (``report/``),
+whose description links back, so ``orchestrator ui`` leads to the report and the report to
+the runs.
 """
 
 from __future__ import annotations
@@ -66,12 +67,19 @@ def _methods(record: SweepRecord, top: list[dict], args: ReportArgs, out: Path) 
 
     methods = [Method("source_a", "source A", "source"), Method("source_b", "source B", "source")]
     methods += [Method(f"baseline_{n}", n, "baseline", method=n) for n in BASELINES]
-    for rank, row in enumerate(top, 1):
-        ckpt = resolve_checkpoint(f"runs:/{row['run_id']}", record.tracking_uri,
-                                  dst=out / "checkpoints" / row["trial_id"])
+    for row in top:
+        try:
+            ckpt = resolve_checkpoint(f"runs:/{row['run_id']}", record.tracking_uri,
+                                      dst=out / "checkpoints" / row["trial_id"])
+        except ValueError as exc:  # no best.pt (a trial stopped before its first evaluation)
+            log.warning("trial %s left out of the comparison: %s", row["trial_id"], exc)
+            continue
+        rank = sum(m.kind == "trial" for m in methods) + 1
         methods.append(Method(f"trial_{row['trial_id']}", f"#{rank} trial {row['trial_id']}",
                               "trial", checkpoint=str(ckpt),
                               link=run_url(args.ui_url, record.experiment_id, row["run_id"])))
+        if rank == args.top:
+            break
     return methods
 
 
@@ -83,12 +91,28 @@ def _loss_key(record: SweepRecord, run_id: str) -> str:
     return "step/loss_g" if "step/loss_g" in losses else (losses[0] if losses else "step/loss")
 
 
+def _marginals(record: SweepRecord, metrics: list[str]) -> list[dict[str, Any]]:
+    """One figure per metric: the objectives first (shown open), then every other
+    validation metric in ``metrics`` (collapsed on the page)."""
+    from orchestrator import report_plots as plots
+    from orchestrator.report_data import with_run_metrics
+
+    rows = with_run_metrics(record.tracking_uri, record.parent_run_id, record.trials)
+    objectives = record.spec.tune.metrics
+    others = [f"val/{m}" for m in metrics if f"val/{m}" not in objectives]
+    out = []
+    for name in [*objectives, *others]:
+        uri = plots.marginal_plot(record.spec, rows, [name])
+        if uri:
+            out.append({"metric": name, "objective": name in objectives, "uri": uri})
+    return out
+
+
 def _figures(record: SweepRecord, top: list[dict], sens: dict) -> dict[str, str | None]:
     from orchestrator import report_plots as plots
 
     spec, metric = record.spec, record.spec.tune.metrics[0]
     figs = {"importances": plots.importance_plot(sens["importances"]),
-            "marginals": plots.marginal_plot(spec, record.trials),
             "pareto": plots.pareto_plot(spec, record.trials),
             "seeds": plots.seed_plot(spec, record.seed_stats), "curves": None}
     if top:
@@ -176,10 +200,11 @@ def write_report(args: ReportArgs) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     objective_metrics = [m.split("/", 1)[1] for m in spec.tune.metrics if m.startswith("val/")]
     metrics = list(dict.fromkeys([*args.metrics, *objective_metrics]))
-    top = [r for r in ranked(spec, record.trials) if r["run_id"]][: args.top]
+    ranked_rows = [r for r in ranked(spec, record.trials) if r["run_id"]]
     entry, pair_set = _test_set(record, args)
     rule = colour_rule(spec.run, pair_set)
-    methods = _methods(record, top, args, out)
+    methods = _methods(record, ranked_rows, args, out)
+    top = [r for r in ranked_rows if f"trial_{r['trial_id']}" in {m.key for m in methods}]
     for m in methods:
         evaluate_method(m, pair_set, metrics, rule, out / "fused")
     table = metric_table(methods, metrics)
@@ -188,7 +213,8 @@ def write_report(args: ReportArgs) -> Path:
         "record": record, "spec": spec, "test_set": entry, "n_pairs": len(pair_set.pairs),
         "colour_rule": rule, "table": table, "grid": image_grid(methods, pair_set,
                                                                 args.grid_pairs),
-        "figures": _figures(record, top, sens), "sens": sens, "trials": _trial_rows(
+        "figures": _figures(record, top, sens), "marginals": _marginals(record, metrics),
+        "sens": sens, "trials": _trial_rows(
             record, args.ui_url), "seed_stats": record.seed_stats, "fmt": _fmt,
         "parent_link": run_url(args.ui_url, record.experiment_id, record.parent_run_id),
         "ui_url": args.ui_url, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}

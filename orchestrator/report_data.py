@@ -129,6 +129,21 @@ def curves(tracking_uri: str, run_id: str, keys: list[str]) -> dict[str, list[tu
     return out
 
 
+def with_run_metrics(tracking_uri: str, parent_run_id: str, rows: list[dict[str, Any]],
+                     prefix: str = "val/") -> list[dict[str, Any]]:
+    """The trial rows with every ``prefix`` metric of their child run added (its last logged
+    value: the last epoch the trial reached), where the row does not have it already."""
+    from orchestrator.tracking import child_runs
+
+    by_id = {r.info.run_id: r.data.metrics for r in child_runs(tracking_uri, parent_run_id)}
+    out = []
+    for row in rows:
+        metrics = by_id.get(row.get("run_id", ""), {})
+        extra = {k: float(v) for k, v in metrics.items() if k.startswith(prefix) and k not in row}
+        out.append({**row, **extra})
+    return out
+
+
 def run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
     """The MLflow UI page of a run."""
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -57,16 +57,17 @@ def importance_plot(importances: dict[str, dict[str, dict[str, float]]]) -> str 
     return png_uri(fig)
 
 
-def marginal_plot(spec: SweepSpec, rows: list[dict[str, Any]], per_row: int = 4) -> str | None:
-    """Each objective against each searched parameter, ``per_row`` panels a row (an
-    objective's panels start a new row): numeric parameters as scatter (log axis for
-    log-scale ones), choices as jittered strips with the mean marked. Colour: finished vs
-    stopped-early trials."""
+def marginal_plot(spec: SweepSpec, rows: list[dict[str, Any]], metrics: list[str],
+                  per_row: int = 4) -> str | None:
+    """Each of ``metrics`` against each searched parameter, ``per_row`` panels a row (a
+    metric's panels start a new row): numeric parameters as scatter (log axis for log-scale
+    ones), choices as jittered strips with the mean marked. Colour: finished vs
+    stopped-early trials. Rows without a metric are left out of its panels."""
     from orchestrator.sensitivity import trial_params
 
     ok = [r for r in rows if r["status"] != "error"]
-    params, metrics = list(spec.space), spec.tune.metrics
-    if not ok or not params:
+    params = list(spec.space)
+    if not ok or not params or not metrics:
         return None
     plt = _plt()
     cols = min(per_row, len(params))
@@ -87,7 +88,7 @@ def marginal_plot(spec: SweepSpec, rows: list[dict[str, Any]], per_row: int = 4)
 def _marginal(ax: Any, entry: Any, name: str, metric: str, typed: list) -> None:
     rng = np.random.default_rng(0)
     pts = [(p[name], float(r[metric]), r["status"]) for r, p in typed
-           if name in p and math.isfinite(float(r[metric]))]
+           if name in p and math.isfinite(float(r.get(metric, math.nan)))]
     if entry.type == "choice":
         labels = [str(v) for v in entry.values or []]
         for k, label in enumerate(labels):

@@ -129,6 +129,8 @@ def test_report_renders_in_headless_chromium(swept):
         "figures": "[...document.querySelectorAll('img.fig')].map(i => [i.id, i.naturalWidth])",
         "grid_images": "[...document.querySelectorAll('#image-grid img')].map(i => i.naturalWidth)",
         "links": "[...document.querySelectorAll('a')].map(a => a.href)",
+        "marginals": "[...document.querySelectorAll('#marginals details')].map(d => "
+                     "[d.querySelector('summary').textContent, d.open])",
     }, ["#image-grid", "#metric-table"])
     assert result.errors == [], result.errors
     v = result.values
@@ -137,8 +139,10 @@ def test_report_renders_in_headless_chromium(swept):
     assert "SF ↑" in v["headers"] and "Qabf ↑" in v["headers"]
     assert v["best_cells"] >= 9, "each of the 9 metric columns has a best value"
     assert v["trial_rows"] == n_trials
-    assert {f[0] for f in v["figures"]} == {"pareto", "importances", "marginals", "seeds",
-                                            "curves"}
+    assert {f[0] for f in v["figures"]} == {"pareto", "importances", "seeds", "curves", ""}
+    assert v["marginals"][:2] == [["val/Qabf (objective)", True], ["val/SF (objective)", True]]
+    assert {m for m, is_open in v["marginals"][2:] if not is_open} >= {"val/EN", "val/SSIM",
+                                                                       "val/VIF"}
     assert all(w > 100 for _, w in v["figures"]), v["figures"]
     assert len(v["grid_images"]) == 2 * 2 * (2 + 4 + TOP) and min(v["grid_images"]) > 50
     grid = image_stats(result.shots["#image-grid"])

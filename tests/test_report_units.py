@@ -130,3 +130,17 @@ def test_pareto_mask_keeps_the_non_dominated_points():
     values = np.array([[1.0, 1.0], [2.0, 0.5], [0.5, 2.0], [0.9, 0.9], [2.0, 0.4]])
     assert pareto_mask(values, ["max", "max"]).tolist() == [True, True, True, False, False]
     assert pareto_mask(values, ["min", "min"]).tolist() == [False, False, True, True, True]
+
+
+def test_a_reseed_config_trains_the_original_params_with_its_own_seed(pmgi_spec):
+    from orchestrator.sweep import trial_context
+    from orchestrator.trial import RESEED, split_config, trial_spec
+
+    params = {"w_int_a": 2.0, "channels": 16}
+    assert split_config(params) == (params, {})
+    got, extras = split_config({RESEED: {**params, "__seed__": 3, "__reseed_of__": "abc"}})
+    assert got == params and extras == {"seed": 3, "reseed_of": "abc"}
+    ctx = trial_context(pmgi_spec, "s", "sqlite:///x.db", "p", ".cache", "ray_results")
+    spec = trial_spec(ctx, got, extras["seed"])
+    assert spec.train.seed == 3 and spec.fixed["w_int_a"] == 2.0 and spec.fixed["channels"] == 16
+    assert trial_spec(ctx, got).train.seed == pmgi_spec.run.train.seed == 0
