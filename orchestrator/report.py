@@ -197,12 +197,12 @@ def write_report(args: ReportArgs) -> Path:
 
     record = load_record(args.sweep, args.tracking_uri)
     spec, out = record.spec, Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     objective_metrics = [m.split("/", 1)[1] for m in spec.tune.metrics if m.startswith("val/")]
     metrics = list(dict.fromkeys([*args.metrics, *objective_metrics]))
     ranked_rows = [r for r in ranked(spec, record.trials) if r["run_id"]]
     entry, pair_set = _test_set(record, args)
     rule = colour_rule(spec.run, pair_set)
+    out.mkdir(parents=True, exist_ok=True)
     methods = _methods(record, ranked_rows, args, out)
     top = [r for r in ranked_rows if f"trial_{r['trial_id']}" in {m.key for m in methods}]
     for m in methods:

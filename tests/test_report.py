@@ -152,6 +152,14 @@ def test_report_renders_in_headless_chromium(swept):
     assert run_ids <= linked and out.parent_run_id in linked
 
 
+def test_report_on_a_missing_test_set_names_it_and_writes_nothing(swept, tmp_path):
+    res = CliRunner().invoke(main, ["report", swept["out"].name, "--out", str(tmp_path / "r"),
+                                    "--data", str(tmp_path / "nope"),
+                                    "--tracking-uri", swept["uri"]])
+    assert res.exit_code != 0 and f"'{tmp_path / 'nope'}' does not exist" in res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_ui_serves_the_report_and_the_runs_it_links(swept):
     """`orchestrator ui` (a real MLflow UI server) serves the page as the parent run's artifact,
     and every run the page links to exists there."""
