@@ -203,3 +203,19 @@ def test_report_and_reseed_name_what_is_wrong(tmp_path, monkeypatch):
     assert res.exit_code != 0 and "no finished sweep of mffgan" in res.output
     res = CliRunner().invoke(main, ["sweep", str(SPEC), "--reseed-best", "2", "--smoke"])
     assert res.exit_code != 0 and "drop --set/--smoke" in res.output
+
+
+def test_the_browser_check_catches_errors_and_blank_screens(tmp_path):
+    """The Chromium check can fail: a console error, an uncaught exception, a missing image
+    and a blank element are each reported."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><body><p id="p">x</p><img src="missing.png">'
+                   '<div id="blank" style="width:300px;height:200px;background:#fff"></div>'
+                   '<script>console.error("boom"); undefinedFunction();</script></body></html>')
+    result = check_page(bad.as_uri(), {"n": "document.querySelectorAll('p').length"}, ["#blank"])
+    assert result.values == {"n": 1}
+    assert any(e == "console: boom" for e in result.errors), result.errors
+    assert any("ReferenceError" in e for e in result.errors), result.errors
+    assert any("missing.png" in e for e in result.errors), result.errors
+    blank = image_stats(result.shots["#blank"])
+    assert (blank["width"], blank["height"], blank["std"], blank["colours"]) == (300, 200, 0.0, 1)
