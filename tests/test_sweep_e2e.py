@@ -89,3 +89,15 @@ def test_two_ray_train_workers_per_trial_log_once(ray_local, tmp_path, monkeypat
     assert steps == [1], "one report per epoch, from rank 0 only"
     train_runs = list((tmp_path / "ray_results").glob("train-*/checkpoint_*"))
     assert train_runs, "the Train run checkpointed to the sweep's storage"
+    # --reseed-best through the same Ray Train path: the sweep's logged spec (workers: 2),
+    # one config x one new seed -> one more child run, from rank 0 only, with the new seed
+    from orchestrator.reseed import run_reseed
+
+    again = run_reseed(str(REPO / "search_spaces" / "pmgi.yaml"), out.name, 1, 1,
+                       tracking_uri=out.tracking_uri, cache_dir=str(tmp_path / "cache"),
+                       verbose=0)
+    assert [r["status"] for r in again.rows] == ["finished"], again.rows
+    reseeded = client.search_runs([exp], f"tags.reseed_of = '{out.trials[0]['trial_id']}'")
+    assert len(reseeded) == 1 and reseeded[0].data.tags["seed"] == "1"
+    assert reseeded[0].data.params["train.seed"] == "1", "train.seed replaced in its spec"
+    assert again.stats[0]["n"] == 1 and again.stats[0]["seeds"] == [1]
