@@ -162,9 +162,12 @@ def _set(cfg: dict, dotted: str, value) -> None:
     node[last] = value
 
 
-def _swap(cmds: list[str], old: str, new: str) -> list[str]:
-    assert any(old in c for c in cmds), old
-    return [c.replace(old, new) for c in cmds]
+def _swap(key: str, old: str, new: str) -> Callable[[dict, str], None]:
+    """A breaker replacing ``old`` (which must occur) by ``new`` in the command list ``key``."""
+    def breaker(cfg: dict, text: str) -> None:
+        assert any(old in c for c in cfg[key]), old
+        cfg[key] = [c.replace(old, new) for c in cfg[key]]
+    return breaker
 
 
 #: case -> (checker(cfg, text), breaker(cfg, text)): the breaker edits cfg in place and returns
@@ -180,10 +183,9 @@ MUTATIONS: dict[str, tuple[Callable[[dict, str], list[str]],
                       lambda c, t: _set(c, "metadata.fusion_orchestrator.storage", "ray_results")),
     "local-mlflow-artifacts": (
         lambda c, t: storage_problems(c),
-        lambda c, t: c.update(head_start_ray_commands=_swap(
-            c["head_start_ray_commands"],
-            "--artifacts-destination s3://YOUR_BUCKET/fusion-orchestrator/mlflow-artifacts",
-            "--artifacts-destination /home/ray/mlflow/artifacts"))),
+        _swap("head_start_ray_commands",
+              "--artifacts-destination s3://YOUR_BUCKET/fusion-orchestrator/mlflow-artifacts",
+              "--artifacts-destination /home/ray/mlflow/artifacts")),
     "driver-on-gpu-worker": (lambda c, t: driver_resource_problems(c),
                              lambda c, t: _set(c, "available_node_types.gpu_worker.resources",
                                             {"CPU": 4, "GPU": 1, "driver": 4})),
@@ -199,20 +201,16 @@ MUTATIONS: dict[str, tuple[Callable[[dict, str], list[str]],
                      lambda c, t: _set(c, "docker.image", "rayproject/ray-ml:latest-gpu")),
     "project-other-version": (
         lambda c, t: install_pin_problems(c),
-        lambda c, t: c.update(setup_commands=_swap(c["setup_commands"], "fusion-orchestrator@v",
-                                                "fusion-orchestrator@v9"))),
+        _swap("setup_commands", "fusion-orchestrator@v", "fusion-orchestrator@v9")),
     "project-unpinned": (
         lambda c, t: install_pin_problems(c),
-        lambda c, t: c.update(setup_commands=_swap(c["setup_commands"], "fusion-orchestrator@v",
-                                                "fusion-orchestrator@main#v"))),
+        _swap("setup_commands", "fusion-orchestrator@v", "fusion-orchestrator@main#v")),
     "torch-unpinned": (
         lambda c, t: install_pin_problems(c),
-        lambda c, t: c.update(setup_commands=_swap(c["setup_commands"], '"torch==2.13.0"',
-                                                "torch"))),
+        _swap("setup_commands", '"torch==2.13.0"', "torch")),
     "mlflow-other-pin": (
         lambda c, t: install_pin_problems(c),
-        lambda c, t: c.update(setup_commands=_swap(c["setup_commands"], "mlflow==3.17.2",
-                                                "mlflow==3.18.0"))),
+        _swap("setup_commands", "mlflow==3.17.2", "mlflow==3.18.0")),
     "secret-key-id": (lambda c, t: secret_problems(t),
                       lambda c, t: t + "\n# AKIAABCDEFGHIJKLMNOP\n"),
     "secret-in-uri": (lambda c, t: secret_problems(t),
@@ -220,15 +218,13 @@ MUTATIONS: dict[str, tuple[Callable[[dict, str], list[str]],
                                              "postgresql://mlflow:hunter22@db:5432/mlflow")),
     "dashboard-public": (
         lambda c, t: binding_problems(c, t),
-        lambda c, t: c.update(head_start_ray_commands=_swap(
-            c["head_start_ray_commands"], "--dashboard-host=127.0.0.1",
-            "--dashboard-host=0.0.0.0"))),
+        _swap("head_start_ray_commands", "--dashboard-host=127.0.0.1",
+              "--dashboard-host=0.0.0.0")),
     "mlflow-any-undocumented": (lambda c, t: binding_problems(c, t),
                                 lambda c, t: t.replace(VPC_ONLY_MARKER, "internal")),
     "mlflow-bad-flag": (
         lambda c, t: binding_problems(c, t),
-        lambda c, t: c.update(head_start_ray_commands=_swap(
-            c["head_start_ray_commands"], "--port 5000", "--prot 5000"))),
+        _swap("head_start_ray_commands", "--port 5000", "--prot 5000")),
     "sg-open-5000": (lambda c, t: ingress_problems(c) + binding_problems(c, t),
                      lambda c, t: _set(c, "provider.security_group", {"IpPermissions": [
                          {"FromPort": 5000, "ToPort": 5000, "IpProtocol": "tcp",
