@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from fusion_models.metrics import REPORT_METRICS
 from orchestrator import eval_cmd
 
 
@@ -135,8 +136,7 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
               "validation set).")
 @click.option("--pairs", default=8, show_default=True, help="Test pairs measured (the first N).")
 @click.option("--grid-pairs", default=3, show_default=True, help="Test pairs shown as images.")
-@click.option("--metrics", default=",".join(("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf",
-                                             "SSIM")), show_default=True,
+@click.option("--metrics", default=",".join(REPORT_METRICS), show_default=True,
               help="Comma-separated metric names (the objectives are added).")
 @click.option("--ui-url", default="http://127.0.0.1:5000", show_default=True,
               help="Where `orchestrator ui` serves: the page links each trial to its run there.")

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fusion_models.metrics import REPORT_METRICS
 from orchestrator.report_data import SweepRecord, curves, load_record, run_url
 from orchestrator.report_images import Method, evaluate_method, image_grid, metric_table
 
 log = logging.getLogger(__name__)
-
-DEFAULT_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ReportArgs:
     data: str | None = None
     pairs: int = 8
     grid_pairs: int = 3
-    metrics: tuple[str, ...] = DEFAULT_METRICS
+    metrics: tuple[str, ...] = REPORT_METRICS
     ui_url: str = "http://127.0.0.1:5000"
     cache_dir: str = ".fusion_cache"
 
@@ -61,26 +60,30 @@ def _test_set(record: SweepRecord, args: ReportArgs) -> tuple[str, Any]:
     return entry, dataclasses.replace(pair_set, pairs=pair_set.pairs[: args.pairs])
 
 
-def _methods(record: SweepRecord, top: list[dict], args: ReportArgs, out: Path) -> list[Method]:
+def _methods(record: SweepRecord, ranked_rows: list[dict], args: ReportArgs, out: Path
+             ) -> tuple[list[Method], list[dict]]:
+    """Sources, baselines and the first ``args.top`` ranked trials whose best.pt downloads;
+    returns the methods and those trials' rows."""
     from fusion_models.baselines import BASELINES
     from orchestrator.promote import resolve_checkpoint
 
     methods = [Method("source_a", "source A", "source"), Method("source_b", "source B", "source")]
     methods += [Method(f"baseline_{n}", n, "baseline", method=n) for n in BASELINES]
-    for row in top:
+    top: list[dict] = []
+    for row in ranked_rows:
+        if len(top) == args.top:
+            break
         try:
             ckpt = resolve_checkpoint(f"runs:/{row['run_id']}", record.tracking_uri,
                                       dst=out / "checkpoints" / row["trial_id"])
         except ValueError as exc:  # no best.pt (a trial stopped before its first evaluation)
             log.warning("trial %s left out of the comparison: %s", row["trial_id"], exc)
             continue
-        rank = sum(m.kind == "trial" for m in methods) + 1
-        methods.append(Method(f"trial_{row['trial_id']}", f"#{rank} trial {row['trial_id']}",
+        top.append(row)
+        methods.append(Method(f"trial_{row['trial_id']}", f"#{len(top)} trial {row['trial_id']}",
                               "trial", checkpoint=str(ckpt),
                               link=run_url(args.ui_url, record.experiment_id, row["run_id"])))
-        if rank == args.top:
-            break
-    return methods
+    return methods, top
 
 
 def _loss_key(record: SweepRecord, run_id: str) -> str:
@@ -123,11 +126,12 @@ def _figures(record: SweepRecord, top: list[dict], sens: dict) -> dict[str, str 
     return figs
 
 
-def _trial_rows(record: SweepRecord, ui_url: str) -> list[dict[str, Any]]:
+def _trial_rows(record: SweepRecord, ranked_rows: list[dict], ui_url: str
+                ) -> list[dict[str, Any]]:
+    """Every trial for the page's table, ranked ones first (by rank), errored ones last."""
     from orchestrator.sensitivity import trial_params
-    from orchestrator.sweep_record import ranked
 
-    order = {r["trial_id"]: i for i, r in enumerate(ranked(record.spec, record.trials), 1)}
+    order = {r["trial_id"]: i for i, r in enumerate(ranked_rows, 1)}
     rows = []
     for r in sorted(record.trials, key=lambda r: order.get(r["trial_id"], 10**6)):
         degenerate = float(r.get("val/degenerate", math.nan))
@@ -199,12 +203,11 @@ def write_report(args: ReportArgs) -> Path:
     spec, out = record.spec, Path(args.out_dir)
     objective_metrics = [m.split("/", 1)[1] for m in spec.tune.metrics if m.startswith("val/")]
     metrics = list(dict.fromkeys([*args.metrics, *objective_metrics]))
-    ranked_rows = [r for r in ranked(spec, record.trials) if r["run_id"]]
+    order = ranked(spec, record.trials)
     entry, pair_set = _test_set(record, args)
     rule = colour_rule(spec.run, pair_set)
     out.mkdir(parents=True, exist_ok=True)
-    methods = _methods(record, ranked_rows, args, out)
-    top = [r for r in ranked_rows if f"trial_{r['trial_id']}" in {m.key for m in methods}]
+    methods, top = _methods(record, [r for r in order if r["run_id"]], args, out)
     for m in methods:
         evaluate_method(m, pair_set, metrics, rule, out / "fused")
     table = metric_table(methods, metrics)
@@ -215,7 +218,7 @@ def write_report(args: ReportArgs) -> Path:
                                                                 args.grid_pairs),
         "figures": _figures(record, top, sens), "marginals": _marginals(record, metrics),
         "sens": sens, "trials": _trial_rows(
-            record, args.ui_url), "seed_stats": record.seed_stats, "fmt": _fmt,
+            record, order, args.ui_url), "seed_stats": record.seed_stats, "fmt": _fmt,
         "parent_link": run_url(args.ui_url, record.experiment_id, record.parent_run_id),
         "ui_url": args.ui_url, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_files(out, render(context), sens, table, methods)

@@ -32,7 +32,6 @@ class SweepRecord:
     tracking_uri: str
     spec: SweepSpec
     trials: list[dict[str, Any]]
-    final_eval: list[dict[str, Any]] = field(default_factory=list)
     seed_stats: list[dict[str, Any]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -106,12 +105,10 @@ def load_record(sweep: str, tracking_uri: str) -> SweepRecord:
     client = mlflow_client(tracking_uri)
     parent = find_sweep(client, sweep)
     rid = parent.info.run_id
-    final = _text(client, rid, "final_eval.csv")
     return SweepRecord(
         name=parent.data.tags.get("sweep_name", sweep), parent_run_id=rid,
         experiment_id=parent.info.experiment_id, tracking_uri=tracking_uri,
         spec=read_spec(client, rid), trials=read_trials(client, rid),
-        final_eval=parse_table(final) if final else [],
         seed_stats=read_seed_stats(client, rid), tags=dict(parent.data.tags))
 
 

@@ -121,14 +121,13 @@ def run_reseed(spec_path: str, sweep: str | None, top_n: int, seeds: int, *,
                tracking_uri: str | None, cache_dir: str, address: str | None = None,
                verbose: int = 1) -> ReseedOutcome:
     """Re-run the sweep's ``top_n`` configurations with ``seeds`` new seeds each."""
-    import ray
     from ray import tune
 
     from orchestrator.config import read_yaml
-    from orchestrator.evaluate_ray import ensure_ray
     from orchestrator.sensitivity import seed_stats
-    from orchestrator.sweep import check_resources, storage_paths, trainable, trial_context
+    from orchestrator.sweep import connect, run_config, storage_paths, trainable, trial_context
     from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.trial import RESEED
 
     if top_n < 1 or seeds < 1:
         raise ValueError("--reseed-best N --seeds K: both must be at least 1")
@@ -138,21 +137,17 @@ def run_reseed(spec_path: str, sweep: str | None, top_n: int, seeds: int, *,
     configs = reseed_configs(spec, rows, top_n, seeds)
     storage, local_root = storage_paths(spec.storage)
     name = f"{sweep_name}-reseed-{time.strftime('%Y%m%d-%H%M%S')}"
-    ensure_ray(address)
-    check_resources(spec, ray.cluster_resources(), [n["Resources"] for n in ray.nodes()
-                                                    if n.get("Alive")])
+    connect(spec, address)
     ctx = trial_context(spec, name, uri, parent_id, cache_dir, storage)
     tuner = tune.Tuner(
-        trainable(spec, ctx), param_space={"__reseed__": tune.grid_search(configs)},
+        trainable(spec, ctx), param_space={RESEED: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.tune.max_concurrent,
                                     reuse_actors=spec.resources.workers == 0),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=verbose,
-                                  failure_config=tune.FailureConfig(
-                                      max_failures=spec.tune.max_failures)))
+        run_config=run_config(spec, name, storage, verbose))
     outcome = ReseedOutcome(sweep_name, parent_id, name, spec.tune.metrics,
                             _rows(tuner.fit(), spec))
-    originals = {c["__reseed_of__"]: next(r for r in rows if r["trial_id"] == c["__reseed_of__"])
-                 for c in configs}
+    by_id = {r["trial_id"]: r for r in rows}
+    originals = {c["__reseed_of__"]: by_id[c["__reseed_of__"]] for c in configs}
     outcome.stats = seed_stats(spec, outcome.rows, originals)
     folder = local_root / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -68,10 +68,14 @@ def check_resources(spec: SweepSpec, cluster: dict[str, float],
             + ". Lower resources.cpu_per_worker/gpu_per_worker/workers or add nodes.")
 
 
-def _nodes() -> list[dict[str, float]]:
+def connect(spec: SweepSpec, address: str | None) -> None:
+    """Join ``address`` (or start a local Ray), then check that one trial of ``spec`` can be
+    placed (:class:`SweepError` otherwise)."""
     import ray
 
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    ensure_ray(address)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    check_resources(spec, ray.cluster_resources(), nodes)
 
 
 def storage_paths(storage: str) -> tuple[str, Path]:
@@ -160,10 +164,16 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_ro
         num_samples=spec.tune.num_samples, search_alg=_searcher(spec, name, local_root / name),
         scheduler=_scheduler(spec), max_concurrent_trials=spec.tune.max_concurrent,
         reuse_actors=spec.resources.workers == 0)
-    run_config = tune.RunConfig(
-        name=name, storage_path=storage, verbose=verbose,
-        failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures))
-    return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(fn, tune_config=tune_config,
+                      run_config=run_config(spec, name, storage, verbose))
+
+
+def run_config(spec: SweepSpec, name: str, storage: str, verbose: int):
+    """Tune's run config of a sweep (or of its re-seed run) named ``name`` in ``storage``."""
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=storage, verbose=verbose,
+                          failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures))
 
 
 def trial_context(spec: SweepSpec, name: str, uri: str, parent: str, cache_dir: str,
@@ -182,7 +192,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
               name: str | None = None, tracking_uri: str | None = None,
               cache_dir: str = ".fusion_cache", verbose: int = 1) -> SweepOutcome:
     """Run (or resume) a sweep; return its trials, best trial and Pareto front."""
-    import ray
 
     from orchestrator import sweep_record as record
     from orchestrator.tracking import resolve_tracking_uri
@@ -192,8 +201,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
         name = find_sweep(storage, local_root, spec.run.model, name)
     name = name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = resolve_tracking_uri(tracking_uri or spec.tracking)
-    ensure_ray(address)
-    check_resources(spec, ray.cluster_resources(), _nodes())
+    connect(spec, address)
     parent = record.open_parent(spec, name, uri, resume=resume)
     ctx = trial_context(spec, name, uri, parent, cache_dir, storage)
     try:

@@ -38,6 +38,7 @@ __all__ = [
     "METRICS",
     "PRESETS",
     "CDD_METRICS",
+    "REPORT_METRICS",
     "Convention",
     "MetricSpec",
     "compute_metrics",
@@ -56,6 +57,10 @@ METRICS: dict[str, MetricSpec] = {
 CDD_METRICS: tuple[str, ...] = (
     "EN", "SD", "SF", "AG", "MI", "MSE", "CC", "PSNR", "SCD", "VIF", "Qabf", "SSIM",
 )
+
+#: The sweep report's default table (``orchestrator report --metrics``): the CDD set without
+#: MSE, CC and PSNR, so that the comparison table fits one screen width.
+REPORT_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 _VIFB_UNROUNDED = frozenset({"PSNR", "RMSE", "Qabf"})
 _GRAY_WEIGHTS = {
