@@ -33,7 +33,8 @@ from orchestrator.validation import evaluate_model, load_val_pairs, sample_grid
 log = logging.getLogger(__name__)
 
 #: report(metrics, info): metrics are flat floats (``epoch``, ``train/*``, ``val/*``); info has
-#: ``epoch``, ``checkpoint`` (path of best.pt or None), ``last_checkpoint``, ``samples``
+#: ``epoch``, ``checkpoint`` (path of best.pt or None), ``best_epoch`` (the epoch best.pt
+#: holds; it changes exactly when best.pt was rewritten), ``last_checkpoint``, ``samples``
 #: (uint8 grid or None), ``step_terms`` (list of (global_step, {term: value})).
 Reporter = Callable[[dict[str, float], dict], None]
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -61,6 +62,7 @@ class TrainResult:
     reason: str = ""
     diverged_step: int | None = None
     run_id: str | None = None  # set by callers that track the run (MLflow)
+    best_epoch: int | None = None
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -141,9 +143,14 @@ def _train_epoch(model: FusionModel, loader: DataLoader, epoch: int, step0: int,
     return {f"train/{k}": v / n for k, v in sums.items()}, steps, len(steps)
 
 
-def _save(model: FusionModel, epoch: int, path: Path, metrics: dict[str, float]) -> str:
+def _save(model: FusionModel, epoch: int, path: Path, metrics: dict[str, float],
+          best: dict[str, float | int | str] | None = None) -> str:
+    """Atomic checkpoint; ``best`` (``{"metric", "value", "epoch"}``, in ``last.pt``) lets a
+    resumed run keep the best it had instead of taking its next validation as the best."""
     ckpt = model.checkpoint(epoch)
     ckpt["metrics"] = {k: float(v) for k, v in metrics.items()}
+    if best is not None:
+        ckpt["best"] = best
     tmp = path.with_suffix(".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)  # never leave a half-written checkpoint under the real name
@@ -220,11 +227,44 @@ def _validate(run: _Run, spec: RunSpec, epoch: int, metrics: dict[str, float],
     metrics.update(val_m)
     value = val_m.get(t.select_metric, float("nan"))
     if _improved(value, result.best_value, t.select_mode):
-        result.best_value = value
+        result.best_value, result.best_epoch = value, epoch
         result.best_checkpoint = _save(run.model, epoch, run.out_dir / "best.pt", metrics)
     if not t.sample_pairs:
         return None
     return sample_grid(run.val_pairs[: t.sample_pairs], fused[: t.sample_pairs])
+
+
+def _best_record(spec: RunSpec, result: TrainResult) -> dict[str, float | int | str] | None:
+    if result.best_value is None:
+        return None
+    return {"metric": spec.train.select_metric, "mode": spec.train.select_mode,
+            "value": float(result.best_value), "epoch": int(result.best_epoch or 0)}
+
+
+def _resume(run: _Run, spec: RunSpec, path: str | Path, result: TrainResult) -> int:
+    """Load ``last.pt`` (weights, optimisers, epoch) into ``run`` and its best so far into
+    ``result`` (value, epoch; ``best.pt`` of this folder when it holds that epoch); returns
+    the global step reached."""
+    ckpt = torch.load(path, map_location=run.model.device, weights_only=True)
+    run.model.load_checkpoint_state(ckpt)
+    result.epochs_run = int(ckpt["epoch"])
+    best = ckpt.get("best")
+    if best and best.get("metric") == spec.train.select_metric \
+            and best.get("mode") == spec.train.select_mode:
+        result.best_value, result.best_epoch = float(best["value"]), int(best["epoch"])
+        local = run.out_dir / "best.pt"
+        if local.is_file() and _checkpoint_epoch(local) == result.best_epoch:
+            result.best_checkpoint = str(local)
+        log.info("resumed at epoch %d; best %s %.6g from epoch %d", result.epochs_run,
+                 best["metric"], result.best_value, result.best_epoch)
+    return int(ckpt.get("metrics", {}).get("step", 0))
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return None
 
 
 def run_training(
@@ -254,12 +294,11 @@ def run_training(
         :class:`TrainResult`; ``status == "diverged"`` carries the step in ``diverged_step``.
     """
     run = _setup(spec, Path(out_dir), Path(cache_dir), rank, world_size)
-    start_epoch, step = 0, 0
+    result = TrainResult("finished", 0, None, None, None)
+    step = 0
     if resume_from is not None:
-        ckpt = torch.load(resume_from, map_location=run.model.device, weights_only=True)
-        run.model.load_checkpoint_state(ckpt)
-        start_epoch, step = ckpt["epoch"], int(ckpt.get("metrics", {}).get("step", 0))
-    result = TrainResult("finished", start_epoch, None, None, None)
+        step = _resume(run, spec, resume_from, result)
+    start_epoch = result.epochs_run
     epochs, t = run.model.config.epochs, spec.train
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
@@ -279,11 +318,13 @@ def run_training(
         samples = None
         if epoch % t.eval_every == 0 or epoch == epochs:
             samples = _validate(run, spec, epoch, metrics, result)
-        result.last_checkpoint = _save(run.model, epoch, run.out_dir / "last.pt", metrics)
+        result.last_checkpoint = _save(run.model, epoch, run.out_dir / "last.pt", metrics,
+                                       _best_record(spec, result))
         result.epochs_run = epoch
         result.history.append(metrics)
         if report:
             report(metrics, {"epoch": epoch, "checkpoint": result.best_checkpoint,
+                             "best_epoch": result.best_epoch,
                              "last_checkpoint": result.last_checkpoint, "samples": samples,
                              "step_terms": step_terms})
     return result

@@ -66,6 +66,41 @@ def test_same_seed_same_metrics(tiny, tmp_path):
     assert {k: runs[0][-1][k] for k in keys} == {k: runs[1][-1][k] for k in keys}
 
 
+def test_resume_keeps_the_best_when_the_next_validation_is_worse(tiny, tmp_path):
+    """A resumed run restores the best value and epoch from last.pt: its first validation
+    after the resume, much worse (weights zeroed: a flat output, SF 0), leaves best.pt alone."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = run_training(load_spec(tiny, ["epochs=1", "train.select_metric=val/SF"]), None,
+                         out, cache)
+    best_sf = first.best_value
+    assert first.best_epoch == 1 and best_sf > 1.0
+    ckpt = torch.load(first.last_checkpoint, weights_only=True)
+    assert ckpt["best"] == {"metric": "val/SF", "mode": "max", "value": best_sf, "epoch": 1}
+    ckpt["state_dict"] = {k: torch.zeros_like(v) for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "resume.pt")
+    infos = []
+    resumed = run_training(load_spec(tiny, ["epochs=2", "train.select_metric=val/SF"]),
+                           lambda m, i: infos.append((m, i)), out, cache,
+                           resume_from=tmp_path / "resume.pt")
+    assert infos[0][0]["epoch"] == 2.0 and infos[0][0]["val/SF"] < 0.5 * best_sf
+    assert resumed.best_value == best_sf and resumed.best_epoch == 1
+    assert infos[0][1]["checkpoint"] == str(out / "best.pt") and infos[0][1]["best_epoch"] == 1
+    kept = torch.load(out / "best.pt", weights_only=True)
+    assert kept["epoch"] == 1 and kept["metrics"]["val/SF"] == best_sf
+    last = torch.load(resumed.last_checkpoint, weights_only=True)
+    assert last["epoch"] == 2 and last["best"]["epoch"] == 1
+
+
+def test_resume_with_another_selection_metric_starts_a_new_best(tiny, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = run_training(load_spec(tiny, ["epochs=1", "train.select_metric=val/SF"]), None,
+                         out, cache)
+    resumed = run_training(load_spec(tiny, ["epochs=2", "train.select_metric=val/EN"]), None,
+                           out, cache, resume_from=first.last_checkpoint)
+    assert resumed.best_epoch == 2
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 2
+
+
 def test_nan_ends_the_run_as_diverged(tiny, tmp_path):
     spec = load_spec(tiny, ["nan_at_step=5"])
     result = run_training(spec, None, tmp_path / "out", tmp_path / "cache")
