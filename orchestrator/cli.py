@@ -234,27 +234,43 @@ def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a:
               help="Bind address (127.0.0.1: this machine only; use an SSH tunnel to reach it).")
 @click.option("--port", default=5000, show_default=True)
 def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
-    """Start the MLflow UI on the project's tracking store and print its URL."""
+    """Start the MLflow UI on the project's tracking store; print a link to the runs table
+    of each experiment and to each sweep's parent run (newest sweeps first)."""
     import os
     import sys
 
-    from orchestrator.tracking import DEFAULT_ARTIFACTS, report_runs, resolve_tracking_uri
+    from orchestrator.tracking import DEFAULT_ARTIFACTS, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    try:
-        reports = report_runs(uri)
-    except Exception as exc:  # noqa: BLE001 - listing reports must never keep the UI down
-        logging.getLogger(__name__).warning("could not list sweep reports in %s: %s", uri, exc)
-        reports = []
-    for sweep, exp_id, run_id in reports:
-        click.echo(f"report of sweep {sweep}: http://{host}:{port}/#/experiments/{exp_id}/runs/"
-                   f"{run_id} (Artifacts: report/index.html)", err=True)
+    base = f"http://{host}:{port}"
+    click.echo(f"MLflow UI on {uri}: {base}  (Ctrl-C stops it)", err=True)
+    for line in _ui_links(uri, base):
+        click.echo(line, err=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--default-artifact-root", str(Path(DEFAULT_ARTIFACTS).resolve()),
            "--host", host, "--port", str(port), "--workers", "1"]
-    click.echo(f"MLflow UI on {uri}: http://{host}:{port}  (Ctrl-C stops it)", err=True)
     sys.stderr.flush()
     os.execv(sys.executable, cmd)  # this process becomes the server: signals reach it
+
+
+def _ui_links(uri: str, base: str) -> list[str]:
+    """The lines `orchestrator ui` prints: the runs table of every experiment with a sweep,
+    then each sweep's parent run page (it lists the trials as child runs)."""
+    from orchestrator.tracking import runs_url, sweep_runs
+
+    try:
+        sweeps = sweep_runs(uri)
+    except Exception as exc:  # noqa: BLE001 - listing sweeps must never keep the UI down
+        logging.getLogger(__name__).warning("could not list the sweeps in %s: %s", uri, exc)
+        return []
+    lines = [f"runs of {exp}: {runs_url(base, exp_id)}"
+             for exp_id, exp in dict.fromkeys((s.experiment_id, s.experiment)
+                                              for s in sweeps)]
+    for s in sweeps:
+        note = "; report: Artifacts > report/index.html" if s.report else ""
+        lines.append(f"  sweep {s.name}: {runs_url(base, s.experiment_id, s.run_id)}"
+                     f"  (parent run: its trials under Child runs{note})")
+    return lines
 
 
 if __name__ == "__main__":

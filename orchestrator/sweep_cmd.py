@@ -39,6 +39,22 @@ def fuse_best(outcome, spec, cache_dir: str) -> str | None:
     return str(out)
 
 
+def ui_links(outcome) -> list[str]:
+    """The sweep in the MLflow UI: its experiment's runs table and its parent run's page
+    (which lists the trials), in the model-training view; [] when the store cannot say."""
+    from orchestrator.tracking import mlflow_client, runs_url, ui_base
+
+    try:
+        exp_id = mlflow_client(outcome.tracking_uri).get_run(
+            outcome.parent_run_id).info.experiment_id
+    except Exception as exc:  # noqa: BLE001 - the closing lines must not fail on a link
+        log.warning("no MLflow UI link for run %s: %s", outcome.parent_run_id, exc)
+        return []
+    base = ui_base(outcome.tracking_uri)
+    return [f"runs:        {runs_url(base, exp_id)}",
+            f"this sweep:  {runs_url(base, exp_id, outcome.parent_run_id)}"]
+
+
 def echo_outcome(outcome, spec) -> None:
     """The closing lines: trial counts, best trial, Pareto front, next commands."""
     rows = outcome.trials
@@ -68,7 +84,9 @@ def echo_outcome(outcome, spec) -> None:
         click.echo(f"best trial's fused validation images: {outcome.best_fused_dir}")
     model = spec.run.model
     click.echo("next:")
-    click.echo("  orchestrator ui                                   # browse every trial")
+    click.echo("  orchestrator ui                                   # browse every trial at")
+    for line in ui_links(outcome):
+        click.echo(f"    {line}")
     click.echo(f"  orchestrator promote {outcome.name} --alias champion")
     click.echo(f"  orchestrator fuse models:/fusion-{model}@champion --data SET --out fused/")
 

@@ -13,12 +13,21 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+DEFAULT_UI = "http://127.0.0.1:5000"
+#: The experiment tag MLflow 3's UI reads as the experiment's kind (``mlflow.experimentKind``
+#: in mlflow/server/js/build/static/js/main.*.js; its experiment-kind selector writes it):
+#: ``custom_model_development`` opens on the runs table, ``genai_development`` on traces.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+#: MLflow 3.17's UI takes the kind from this URL query instead (else from the browser's last
+#: GenAI/Model training choice, GenAI at first): every link the orchestrator prints has it.
+UI_WORKFLOW = "workflowType=machine_learning"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -34,15 +43,32 @@ def mlflow_client(uri: str):
 
 
 def ensure_experiment(name: str, uri: str) -> str:
-    """The experiment's id, creating it (artifacts under ./mlartifacts for sqlite stores)."""
+    """The experiment's id, creating it (artifacts under ./mlartifacts for sqlite stores);
+    a new or untagged experiment is tagged a model-training one (:data:`EXPERIMENT_KIND`)."""
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location,
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI of this store is: the tracking server itself, else where
+    ``orchestrator ui`` serves by default."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
+
+
+def runs_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's runs table of an experiment (or one run's page, which lists its child runs)
+    in the model-training view."""
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return f"{page}/{run_id}?{UI_WORKFLOW}" if run_id else f"{page}?{UI_WORKFLOW}"
 
 
 def flatten(prefix: str, value: Any, out: dict[str, str] | None = None) -> dict[str, str]:
@@ -138,16 +164,32 @@ def find_child_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def report_runs(uri: str) -> list[tuple[str, str, str]]:
-    """(sweep name, experiment id, parent run id) of every sweep with an ``orchestrator
-    report`` page logged, newest first; [] for a store that does not exist yet."""
+@dataclass(frozen=True)
+class SweepRun:
+    """A sweep's parent run as ``orchestrator ui`` lists it."""
+
+    name: str
+    experiment: str
+    experiment_id: str
+    run_id: str
+    report: bool  # an ``orchestrator report`` page is logged on it
+
+
+def sweep_runs(uri: str, limit: int = 20) -> list[SweepRun]:
+    """The newest sweeps' parent runs in the ``fusion/*`` experiments ([] for a store that does
+    not exist yet); experiments made before :data:`EXPERIMENT_KIND` existed are tagged."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return []
     client = mlflow_client(uri)
-    exps = client.search_experiments(filter_string="name LIKE 'fusion/%'")
+    exps = {e.experiment_id: e for e in
+            client.search_experiments(filter_string="name LIKE 'fusion/%'")}
+    for exp in exps.values():
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     if not exps:
         return []
-    runs = client.search_runs([e.experiment_id for e in exps], "tags.report = 'report/index.html'",
-                              order_by=["attributes.start_time DESC"], max_results=50)
-    return [(r.data.tags.get("sweep_name", ""), r.info.experiment_id, r.info.run_id)
-            for r in runs]
+    runs = client.search_runs(list(exps), "tags.kind = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=limit)
+    return [SweepRun(r.data.tags.get("sweep_name", r.info.run_name),
+                     exps[r.info.experiment_id].name, r.info.experiment_id, r.info.run_id,
+                     r.data.tags.get("report") == "report/index.html") for r in runs]

@@ -1,6 +1,7 @@
 """A real headless Chromium (Debian's ``chromium`` package) driven over the DevTools protocol
 with aiohttp's websocket client: load a page, collect every console error, uncaught exception
-and failed load, evaluate expressions, screenshot elements.
+and failed load, wait for a condition, evaluate expressions (in order; a promise is awaited,
+so one may click and wait), screenshot elements.
 
 ``.ci/run`` and the README's test command install ``chromium`` when it is missing; a missing
 browser is an error here, never a skip.
@@ -89,8 +90,20 @@ def _errors(events: list[dict]) -> list[str]:
     return out
 
 
+async def _wait_for(s: _Session, expression: str, timeout: float) -> None:
+    """Poll ``expression`` until it is truthy (a single-page app rendering its data)."""
+    end = time.monotonic() + timeout
+    while True:
+        reply = await s.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if reply["result"].get("value"):
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"not true within {timeout} s: {expression}")
+        await asyncio.sleep(0.25)
+
+
 async def _run(url: str, expressions: dict[str, str], selectors: list[str],
-               port_file: Path) -> PageResult:
+               port_file: Path, wait_for: str | None, timeout: float) -> PageResult:
     import aiohttp
 
     end = time.monotonic() + 60
@@ -108,11 +121,14 @@ async def _run(url: str, expressions: dict[str, str], selectors: list[str],
             for domain in ("Runtime", "Log", "Page"):
                 await s.call(f"{domain}.enable")
             await s.call("Page.navigate", url=url)
-            await s.wait_event("Page.loadEventFired")
+            await s.wait_event("Page.loadEventFired", timeout)
+            if wait_for:
+                await _wait_for(s, wait_for, timeout)
             await asyncio.sleep(0.5)  # late console messages and image decodes
             result = PageResult()
             for name, expr in expressions.items():
-                reply = await s.call("Runtime.evaluate", expression=expr, returnByValue=True)
+                reply = await s.call("Runtime.evaluate", expression=expr, returnByValue=True,
+                                     awaitPromise=True, timeout=timeout)
                 result.values[name] = reply["result"].get("value")
             for sel in selectors:
                 result.shots[sel] = await _shot(s, sel)
@@ -135,8 +151,11 @@ async def _shot(s: _Session, selector: str) -> bytes:
 
 
 def check_page(url: str, expressions: dict[str, str] | None = None,
-               selectors: list[str] | None = None) -> PageResult:
-    """Load ``url`` in a fresh headless Chromium and report what happened."""
+               selectors: list[str] | None = None, wait_for: str | None = None,
+               timeout: float = 60.0) -> PageResult:
+    """Load ``url`` in a fresh headless Chromium and report what happened; with ``wait_for``
+    (a JavaScript expression), evaluate and screenshot only once it is true (TimeoutError
+    after ``timeout`` s)."""
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.Popen(
             [chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -145,7 +164,7 @@ def check_page(url: str, expressions: dict[str, str] | None = None,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             return asyncio.run(_run(url, expressions or {}, selectors or [],
-                                    Path(profile) / "DevToolsActivePort"))
+                                    Path(profile) / "DevToolsActivePort", wait_for, timeout))
         finally:
             proc.terminate()
             try:

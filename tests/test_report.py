@@ -173,8 +173,10 @@ def test_ui_serves_the_report_and_the_runs_it_links(swept):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(proc, f"{base}/health", log)
-        assert (f"report of sweep {out.name}: {base}/#/experiments/") in log.read_text()
-        assert f"/runs/{out.parent_run_id} (Artifacts: report/index.html)" in log.read_text()
+        printed = log.read_text()
+        assert f"  sweep {out.name}: {base}/#/experiments/" in printed, printed
+        assert (f"/runs/{out.parent_run_id}?workflowType=machine_learning  (parent run: its "
+                "trials under Child runs; report: Artifacts > report/index.html)") in printed
         url = f"{base}/get-artifact?path=report/index.html&run_uuid={out.parent_run_id}"
         with urllib.request.urlopen(url, timeout=30) as res:
             assert res.read() == swept["page"].read_bytes()
