@@ -99,7 +99,8 @@ def open_child_run(ctx: TrialContext, trial_id: str, trial_name: str, spec,
 
 
 class TrialReporter:
-    """The loop's ``report``: MLflow (rank 0), best checkpoint upload, then Tune/Train report."""
+    """The loop's ``report``: MLflow (rank 0), best checkpoint upload (when it changed), then
+    Tune/Train report."""
 
     def __init__(self, ctx: TrialContext, mlflow_run, report_fn, checkpoint_cls) -> None:
         from orchestrator.search_space import TuneSpec
@@ -107,6 +108,30 @@ class TrialReporter:
         self.tune = TuneSpec(**ctx.tune)
         self.run = mlflow_run
         self.report_fn, self.checkpoint_cls = report_fn, checkpoint_cls
+        self.logged_best: object = None  # which best.pt was uploaded last (see _best_key)
+        if mlflow_run is not None:  # a resumed trial's run already holds its best.pt
+            epoch = mlflow_run.client.get_run(mlflow_run.run_id).data.tags.get("best_epoch")
+            self.logged_best = int(epoch) if epoch else None
+
+    @staticmethod
+    def _best_key(info: dict) -> object:
+        """What identifies the best.pt on disk: the epoch it holds (``best_epoch`` changes
+        exactly when the loop rewrites it), else its path and mtime."""
+        if info.get("best_epoch") is not None:
+            return int(info["best_epoch"])
+        path = Path(info["checkpoint"])
+        return str(path), path.stat().st_mtime_ns
+
+    def _log_best(self, info: dict) -> None:
+        """Upload best.pt (tag its digest and epoch) only when it changed since the last."""
+        key = self._best_key(info)
+        if key == self.logged_best:
+            return
+        digest = self.run.log_checkpoint(info["checkpoint"])
+        self.run.client.set_tag(self.run.run_id, "best_sha256", digest)
+        if info.get("best_epoch") is not None:
+            self.run.client.set_tag(self.run.run_id, "best_epoch", str(info["best_epoch"]))
+        self.logged_best = key
 
     def __call__(self, metrics: dict[str, float], info: dict) -> None:
         from orchestrator.search_space import objective_values
@@ -116,8 +141,7 @@ class TrialReporter:
         if self.run is not None:
             self.run(metrics, info)
             if info.get("checkpoint"):
-                digest = self.run.log_checkpoint(info["checkpoint"])
-                self.run.client.set_tag(self.run.run_id, "best_sha256", digest)
+                self._log_best(info)
         out = {k: float(v) for k, v in metrics.items() if k.startswith(_REPORTED_PREFIXES)}
         out["epoch"] = float(info["epoch"])
         if any(m in metrics for m in self.tune.metrics):
