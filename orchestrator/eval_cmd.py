@@ -13,6 +13,7 @@ import click
 from fusion_models.baselines import BASELINES
 from fusion_models.data import DataError, PairSet, default_rule, generated_set, open_pair_set
 from fusion_models.metrics import get_convention, resolve_metric_names
+from orchestrator.atomic import atomic_write
 from orchestrator.evaluate import (
     EvalItem,
     EvalReport,
@@ -158,7 +159,7 @@ def _emit(reports: dict[str, EvalReport], pair_set: PairSet, args: EvalArgs) -> 
         payload = (next(iter(reports.values())).to_dict() if len(reports) == 1 else
                    {"convention": args.convention,
                     "methods": {k: r.to_dict() for k, r in reports.items()}})
-        Path(args.json_out).write_text(json.dumps(payload, indent=1))
+        atomic_write(args.json_out, json.dumps(payload, indent=1))
     if args.csv_out:
         for label, rep in reports.items():
             path = Path(args.csv_out)

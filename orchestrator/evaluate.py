@@ -41,6 +41,7 @@ from fusion_models.data import (
 from fusion_models.metrics import METRICS, Convention, compute_metrics, get_convention, to_gray
 from fusion_models.metrics.diagnostics import degeneracy, describe
 from fusion_models.metrics.ssim import psnr_gt, ssim_gt
+from orchestrator.atomic import atomic_open, atomic_write
 
 log = logging.getLogger(__name__)
 GT_METRICS = {"PSNR_GT": True, "SSIM_GT": True}  # full-reference, higher is better
@@ -123,11 +124,11 @@ class EvalReport:
         }
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True))
+        atomic_write(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
 
     def write_csv(self, path: str | Path) -> None:
         names = list(self.results[0].metrics) if self.results else []
-        with open(path, "w", newline="") as fh:
+        with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["pair", *names, "verdict"])
             for r in self.results:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_models.metrics import REPORT_METRICS
+from orchestrator.atomic import atomic_open, atomic_write
 from orchestrator.report_data import SweepRecord, curves, load_record, run_url
 from orchestrator.report_images import Method, evaluate_method, image_grid, metric_table
 
@@ -164,9 +165,9 @@ def render(context: dict[str, Any]) -> str:
 
 
 def _write_files(out: Path, html: str, sens: dict, table: dict, methods: list[Method]) -> None:
-    (out / "index.html").write_text(html)
-    (out / "sensitivity.json").write_text(json.dumps(sens, indent=1))
-    with open(out / "metrics.csv", "w", newline="") as fh:
+    atomic_write(out / "index.html", html)
+    atomic_write(out / "sensitivity.json", json.dumps(sens, indent=1))
+    with atomic_open(out / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["method", "kind", *(c["name"] for c in table["columns"]), "degenerate"])
         for m, row in zip(methods, table["rows"], strict=True):

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.atomic import atomic_write
 from orchestrator.search_space import SweepSpec
 from orchestrator.sensitivity import param_importances
 from orchestrator.tracking import child_runs, ensure_experiment, mlflow_client
@@ -136,7 +137,7 @@ def log_table(client: Any, run_id: str, rows: list[dict[str, Any]], fields: list
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    path.write_text(buf.getvalue())
+    atomic_write(path, buf.getvalue())
     client.log_text(run_id, buf.getvalue(), path.name)
 
 
