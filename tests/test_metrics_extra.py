@@ -7,7 +7,6 @@ rest are properties (identities, ranges, batching, odd sizes, devices) on real .
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -300,18 +299,8 @@ def test_devices_agree(lytro_pair, device):
             assert torch.allclose(dev.cpu(), cpu, rtol=1e-9, atol=1e-12), (spec.name, preset)
 
 
-def test_fmi_none_speed_at_576x768(tno_pair):
-    """FMI_none on a 576 x 768 pair, single-threaded so that a busy shared CPU (OpenMP
-    barriers under oversubscription) cannot distort it: about 1-2 s here, bound 10 s."""
+def test_fmi_none_at_576x768(tno_pair):
+    """FMI_none on a full-size 576 x 768 pair (its time: benchmarks/unit_timings.py)."""
     a, b = _t(tno_pair[0]), _t(tno_pair[1])
-    fused = torch.maximum(a, b)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        value = fmi.fmi_none(fused, a, b).item()
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    value = fmi.fmi_none(torch.maximum(a, b), a, b).item()
     assert 0.0 < value < 1.0
-    assert elapsed < 10.0

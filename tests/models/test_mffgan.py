@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,8 +108,6 @@ def test_short_overfit_lowers_the_content_loss() -> None:
     a, b = _half_blurred(32)
     batch = {"a": a.repeat(2, 1, 1, 1), "b": b.repeat(2, 1, 1, 1)}
     batch.update(a_label=batch["a"], b_label=batch["b"])
-    start = time.perf_counter()
-    history = [model.training_step(batch) for _ in range(25)]
-    assert time.perf_counter() - start < 10
+    history = [model.training_step(batch) for _ in range(25)]  # time: benchmarks/unit_timings.py
     assert history[-1]["loss_content"] < 0.75 * history[0]["loss_content"]
     assert history[-1]["loss_int"] < history[0]["loss_int"]

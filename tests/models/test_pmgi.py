@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from pydantic import ValidationError
@@ -113,8 +111,6 @@ def test_short_overfit_lowers_the_intensity_loss() -> None:
     a = torch.nn.functional.avg_pool2d(torch.rand(2, 1, 36, 36, generator=g), 3, 1, 1) * 2 - 1
     b = a.flip(-1)
     batch = {"a": a, "b": b, "a_label": a, "b_label": b}
-    start = time.perf_counter()
-    history = [model.training_step(batch) for _ in range(25)]
-    assert time.perf_counter() - start < 10
+    history = [model.training_step(batch) for _ in range(25)]  # time: benchmarks/unit_timings.py
     assert history[-1]["loss_int"] < 0.6 * history[0]["loss_int"]
     assert history[-1]["loss_g"] < history[0]["loss_g"]
