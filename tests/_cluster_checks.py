@@ -1,5 +1,7 @@
 """The checkers behind tests/test_cluster_yaml.py: each reads a ``cluster/*.yaml`` (parsed)
-and returns a list of problems (empty: fine)."""
+and returns a list of problems (empty: fine). A problem that stops a checker from going on (a
+command line the installed CLI rejects) raises :class:`ClusterCheckError`; any other exception
+is a bug of the checker, never a finding."""
 
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ SECRET_PATTERNS = [
 ]
 COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands",
                 "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+
+
+class ClusterCheckError(Exception):
+    """The config is wrong in a way that stops a checker (e.g. ``mlflow server --prot``)."""
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -180,18 +186,28 @@ def head_start_commands(cfg: dict) -> list[str]:
     return list(cfg.get("head_start_ray_commands") or [])
 
 
+def _parse(command, name: str, args: list[str]) -> dict:
+    """``command``'s parsed options; a rejected command line is a :class:`ClusterCheckError`."""
+    import click
+
+    try:
+        return command.make_context(name, list(args)).params
+    except click.UsageError as exc:
+        raise ClusterCheckError(f"`{name} {' '.join(args)}`: {exc.format_message()}") from exc
+
+
 def mlflow_server_params(cfg: dict) -> list[dict]:
     """The parsed options of each ``mlflow server`` the head starts (installed mlflow CLI)."""
     from mlflow.cli import server
 
-    return [server.make_context("server", list(args)).params
+    return [_parse(server, "mlflow server", args)
             for args in invocations(head_start_commands(cfg), "mlflow", "server")]
 
 
 def ray_start_params(cfg: dict, key: str) -> list[dict]:
     from ray.scripts.scripts import start
 
-    return [start.make_context("start", list(args)).params
+    return [_parse(start, "ray start", args)
             for args in invocations(list(cfg.get(key) or []), "ray", "start")]
 
 

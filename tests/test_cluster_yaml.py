@@ -14,7 +14,6 @@ a broken copy of a real config to show it is not vacuous.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from _cluster_checks import (
     CLUSTER_DIR,
     CLUSTER_FILES,
     VPC_ONLY_MARKER,
+    ClusterCheckError,
     _ids,
     binding_problems,
     driver_resource_problems,
@@ -70,18 +70,9 @@ def test_there_is_a_cluster_config():
     assert CLUSTER_FILES, f"no cluster YAML in {CLUSTER_DIR}"
 
 
-def test_ray_validator_accepts(cluster, capsys):
-    path, cfg, _ = cluster
-    start = time.perf_counter()
-    from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: F401
-
-    imported = time.perf_counter()
-    problems = ray_validator_problems(cfg)
-    done = time.perf_counter()
-    with capsys.disabled():
-        print(f"\n{path.name}: ray validator import {imported - start:.2f} s, "
-              f"prepare_config+validate_config {done - imported:.3f} s")
-    assert problems == []
+def test_ray_validator_accepts(cluster):
+    """(Its import and run time: benchmarks/unit_timings.py.)"""
+    assert ray_validator_problems(cluster[1]) == []
 
 
 def test_storage_is_shared_cloud_storage(cluster):
@@ -235,17 +226,38 @@ MUTATIONS: dict[str, tuple[Callable[[dict, str], list[str]],
 }
 
 
+def mutation_problems(gpu_cfg: tuple[dict, str], check, mutate) -> list[str]:
+    """What ``check`` finds in the reference config broken by ``mutate`` (a
+    :class:`ClusterCheckError` is a finding; any other exception, a crashing checker,
+    propagates and fails the test)."""
+    cfg, text = copy.deepcopy(gpu_cfg[0]), gpu_cfg[1]
+    assert check(cfg, text) == [], "the unbroken config already fails"
+    text = mutate(cfg, text) or text
+    try:
+        return check(cfg, text)
+    except ClusterCheckError as exc:
+        return [f"{type(exc).__name__}: {exc}"]
+
+
 @pytest.mark.parametrize("case", sorted(MUTATIONS))
 def test_checkers_catch_broken_configs(gpu_cfg, case):
     check, mutate = MUTATIONS[case]
-    cfg, text = copy.deepcopy(gpu_cfg[0]), gpu_cfg[1]
-    assert check(cfg, text) == [], f"{case}: the unbroken config already fails"
-    text = mutate(cfg, text) or text
-    try:
-        problems = check(cfg, text)
-    except Exception as exc:  # noqa: BLE001 - a CLI parse error is a catch too
-        problems = [f"{type(exc).__name__}: {exc}"]
-    assert problems, f"{case}: not caught"
+    assert mutation_problems(gpu_cfg, check, mutate), f"{case}: not caught"
+
+
+def test_a_crashing_checker_is_a_failure_not_a_catch(gpu_cfg):
+    """The harness itself: a mutation that makes a checker crash (KeyError, TypeError) is
+    reported as an error, while a command line the CLI rejects counts as caught."""
+    with pytest.raises(KeyError, match="head_node_type"):
+        mutation_problems(gpu_cfg, lambda c, t: driver_resource_problems(c),
+                          lambda c, t: c.__delitem__("head_node_type"))
+    with pytest.raises(TypeError):
+        mutation_problems(gpu_cfg, lambda c, t: gpu_problems(c),
+                          lambda c, t: _set(c, "available_node_types.gpu_worker.resources.GPU",
+                                            "1"))
+    check, mutate = MUTATIONS["mlflow-bad-flag"]
+    (problem,) = mutation_problems(gpu_cfg, check, mutate)
+    assert problem.startswith("ClusterCheckError: `mlflow server") and "--prot" in problem
 
 
 def test_ingress_allows_ssh_only():
