@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusion_models.models.base import DNorm, norm_layer
+
 # tf.layers.batch_normalization's epsilon. Its moving averages were never updated in the TF
 # code (training=True, no UPDATE_OPS dependency), so there is no code momentum to copy: 0.1
 # (PyTorch's default, TF decay 0.9) lets the running statistics we use at test time settle.
@@ -26,15 +28,19 @@ def _trunc_normal(weight: Tensor, std: float) -> None:
 
 
 class ConvBlock(nn.Module):
-    """Reflect pad 1, 3x3 conv (``stride``), optional BN, optional ReLU (Generator.py conv2d)."""
+    """Reflect pad 1, 3x3 conv (``stride``), optional norm, optional ReLU (Generator.py conv2d).
 
-    def __init__(self, cin: int, cout: int, *, stride: int = 1, bn: bool = True,
+    ``norm``: ``batch`` (BN, eps 1e-3), ``layer`` (GroupNorm(1, C), eps 1e-3) or ``none``; the
+    module keeps the attribute name ``bn`` whatever its kind (checkpoint keys).
+    """
+
+    def __init__(self, cin: int, cout: int, *, stride: int = 1, norm: DNorm = "batch",
                  relu: bool = True, std: float = 0.05) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, stride)
         _trunc_normal(self.conv.weight, std)
         nn.init.zeros_(self.conv.bias)
-        self.bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM) if bn else None
+        self.bn = None if norm == "none" else norm_layer(norm, cout, BN_EPS, BN_MOMENTUM)
         self.relu = relu
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,10 +76,10 @@ class Generator(nn.Module):
         g = ENCODER_GROWTH
         self.conv1 = ConvBlock(2, g)
         self.dense = nn.ModuleList(ConvBlock(g * (i + 1), g) for i in range(4))
-        self.dec0 = ConvBlock(5 * g, 5 * g, bn=False)
+        self.dec0 = ConvBlock(5 * g, 5 * g, norm="none")
         self.dec0_bn = nn.BatchNorm2d(5 * g, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.dec = nn.Sequential(ConvBlock(5 * g, 128), ConvBlock(128, 64), ConvBlock(64, 32))
-        self.out = ConvBlock(32, 1, bn=False, relu=False)
+        self.out = ConvBlock(32, 1, norm="none", relu=False)
 
     def encode(self, x: Tensor) -> Tensor:
         """(B, 2, H, W) [VI, IR] -> (B, 240, H, W) dense features."""
@@ -103,15 +109,16 @@ class Discriminator(nn.Module):
 
     Three reflect-padded 3x3 stride-2 convs 1-16-32-64 (BN on the last two, ReLU, weights
     N(0, 0.1) cut at 2 std), flatten, dense -> t. The code outputs tanh(t)/2 + 0.5, which is
-    sigmoid(2t): we return the logit 2t so the BCE losses are numerically safe.
+    sigmoid(2t): we return the logit 2t so the BCE losses are numerically safe. ``norm``
+    replaces the two BNs (``layer``/``none``, e.g. for WGAN-GP).
     """
 
-    def __init__(self, size: int = 84) -> None:
+    def __init__(self, size: int = 84, norm: DNorm = "batch") -> None:
         super().__init__()
         self.features = nn.Sequential(
-            ConvBlock(1, 16, stride=2, bn=False, std=0.1),
-            ConvBlock(16, 32, stride=2, std=0.1),
-            ConvBlock(32, 64, stride=2, std=0.1),
+            ConvBlock(1, 16, stride=2, norm="none", std=0.1),
+            ConvBlock(16, 32, stride=2, norm=norm, std=0.1),
+            ConvBlock(32, 64, stride=2, norm=norm, std=0.1),
         )
         self.fc = nn.Linear(64 * d_output_side(size) ** 2, 1)
         nn.init.xavier_uniform_(self.fc.weight)  # tf.layers.dense's glorot_uniform default

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-Norm = Literal["batch", "instance", "none"]
+from fusion_models.models.base import DNorm, norm_layer
+
+Norm = Literal["batch", "instance", "layer", "none"]
 Padding = Literal["same", "valid"]
 
 
@@ -27,11 +29,9 @@ def _sn(layer: nn.Module, enabled: bool) -> nn.Module:
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
-    return nn.Identity()
+    return norm_layer(kind, channels)  # batch (PyTorch defaults), layer, none
 
 
 def conv_norm_act(cin: int, cout: int, *, kernel: int = 3, stride: int = 1, padding: int = 1,
@@ -215,9 +215,10 @@ class DenseGenerator(_SameSize):
 
 class Discriminator(nn.Module):
     """UFGAN's D (§1.3): four 3x3 stride-2 valid (SN-)conv-norm-LeakyReLU(0.01), 1->32->64->128
-    ->256, global max pooling, a 1x1 conv head; raw score (B, 1, 1, 1). Input side >= 31."""
+    ->256, global max pooling, a 1x1 conv head; raw score (B, 1, 1, 1). Input side >= 31.
+    ``norm``: ``batch`` (the repo), ``layer`` (GroupNorm(1, C), e.g. for WGAN-GP) or ``none``."""
 
-    def __init__(self, norm: Literal["batch", "none"] = "batch", sn: bool = True) -> None:
+    def __init__(self, norm: DNorm = "batch", sn: bool = True) -> None:
         super().__init__()
         widths = (1, 32, 64, 128, 256)
         self.body = nn.Sequential(*(

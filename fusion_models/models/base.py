@@ -7,21 +7,32 @@ Value ranges: the training loop and ``fuse`` speak [0, 1]; each model declares t
 networks were designed for (``input_scale``: ``pm1`` = [-1, 1] for the Ma-group TF repos and
 UFGAN, ``unit`` = [0, 1] for DDcGAN, ``raw`` = 0..255 for DenseFuse, models.md §0.1-0.3) and
 the patch store hands training batches already in that range.
+
+Inference contract (every model, enforced here): :meth:`FusionModel.fuse` runs the model's
+``_fuse`` under ``no_grad`` inside :func:`eval_context`, so its output does not depend on the
+caller's ``train()``/``eval()``, it changes no buffer (BN running statistics, spectral-norm
+vectors) and every module's train/eval flag is restored afterwards. A model whose Config asks
+for the authors' test-time BN (``inference_bn_stats() == "image"``) normalises each image with
+its own statistics, so one image fuses the same alone or in any batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fusion_models.data.patches import PatchSpec
 
 Scale = Literal["pm1", "unit", "raw"]
+BNStats = Literal["running", "image"]
+DNorm = Literal["batch", "layer", "none"]
 
 
 class FusionConfig(BaseModel):
@@ -32,6 +43,83 @@ class FusionConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AdversarialConfig(FusionConfig):
+    """Base of the Configs of GAN models: ``adversarial`` (declared by each model with its
+    paper's default) and the discriminator normalisation ``d_norm`` that goes with it.
+
+    Attributes:
+        d_norm: normalisation layers of the discriminator(s): ``batch`` (the papers' BN),
+            ``layer`` (``nn.GroupNorm(1, C)``: each sample over C, H, W) or ``none``. None (the
+            default) = auto: ``layer`` for ``adversarial="wgan_gp"`` (Gulrajani et al. 2017: a
+            gradient penalty through batch statistics is ill-defined, each sample's critic
+            gradient would depend on the rest of the batch), the paper's ``batch`` otherwise.
+            The resolved value is stored (checkpoints record it); ``batch`` with ``wgan_gp``
+            is rejected.
+    """
+
+    d_norm: DNorm | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_d_norm(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("d_norm") is None:
+            adversarial = data.get("adversarial", cls.model_fields["adversarial"].default)
+            return {**data, "d_norm": "layer" if adversarial == "wgan_gp" else "batch"}
+        return data
+
+    @model_validator(mode="after")
+    def _no_batch_norm_critic(self) -> AdversarialConfig:
+        if self.adversarial == "wgan_gp" and self.d_norm == "batch":
+            raise ValueError(
+                "d_norm='batch' cannot go with adversarial='wgan_gp': the gradient penalty "
+                "through batch statistics is ill-defined (Gulrajani et al. 2017); use "
+                "d_norm='layer' (the wgan_gp default) or 'none'")
+        return self
+
+
+def norm_layer(kind: DNorm, channels: int, eps: float = 1e-5, momentum: float = 0.1
+               ) -> nn.Module:
+    """A discriminator's normalisation for (B, channels, H, W) maps (see ``d_norm``):
+    ``BatchNorm2d(eps, momentum)``, ``GroupNorm(1, channels, eps)`` or ``Identity``."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels, eps=eps)
+    return nn.Identity()
+
+
+def _per_image_bn(bn: _BatchNorm, inputs: tuple[Tensor, ...], _: Tensor) -> Tensor:
+    """Forward hook: BN's output recomputed with each sample's own per-channel mean and
+    (biased) variance over its spatial axes, BN's affine weight/bias and eps; float32 stats.
+    Running buffers are neither read nor written (= BN on a batch of one, per image)."""
+    x = inputs[0]
+    return F.instance_norm(x.float(), weight=bn.weight, bias=bn.bias, eps=bn.eps).to(x.dtype)
+
+
+@contextmanager
+def eval_context(net: nn.Module, bn: BNStats = "running") -> Iterator[None]:
+    """Inference mode for ``net``, restoring every module's train/eval flag afterwards.
+
+    ``net.eval()``: dropout off, spectral norm uses its stored u, v, BN its running statistics.
+    With ``bn="image"`` every BN layer instead normalises each sample with its own statistics
+    (what the authors' TF test graphs did with one image per run, models.md §0.6), so outputs
+    do not depend on what else is in the batch; running statistics stay untouched.
+    """
+    modes = [(m, m.training) for m in net.modules()]
+    hooks = []
+    net.eval()
+    if bn == "image":
+        hooks = [m.register_forward_hook(_per_image_bn) for m in net.modules()
+                 if isinstance(m, _BatchNorm)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in modes:
+            m.training = mode
 
 
 class FusionModel(nn.Module):
@@ -77,16 +165,41 @@ class FusionModel(nn.Module):
         """
         raise NotImplementedError
 
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
+        """The model's fusion (its own padding rule); :meth:`fuse` supplies no_grad and the
+        eval context. Same arguments and result as :meth:`fuse`."""
+        raise NotImplementedError
+
+    def inference_bn_stats(self) -> BNStats:
+        """BN statistics at inference: ``running`` (default) or ``image`` (per image)."""
+        return "running"
+
+    # -- the inference contract (not overridden) ---------------------------------------------
+    def __init_subclass__(cls) -> None:
+        """A subclass that still defines ``fuse`` has it adopted as its ``_fuse``, so no
+        model can bypass the contract of :meth:`FusionModel.fuse`."""
+        super().__init_subclass__()
+        own = cls.__dict__.get("fuse")
+        if own is None or own is FusionModel.fuse:
+            return
+        if "_fuse" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} defines both fuse and _fuse; implement _fuse only")
+        cls._fuse = own
+        cls.fuse = FusionModel.fuse
+
     def fuse(self, a: Tensor, b: Tensor) -> Tensor:
-        """Fuse whole images of any size (the model's own padding rule), under no_grad.
+        """Fuse whole images of any size, under no_grad, in eval mode whatever the caller's
+        mode (flags restored, no buffer changed), BN as :meth:`inference_bn_stats` says.
 
         Args:
             a, b: (B, 1, H, W) grey sources in [0, 1] (A = ir / functional / near focus).
 
         Returns:
-            (B, 1, H, W) fused image in [0, 1].
+            (B, 1, H, W) fused image in [0, 1]; each image's result does not depend on the
+            others in the batch.
         """
-        raise NotImplementedError
+        with torch.no_grad(), eval_context(self, self.inference_bn_stats()):
+            return self._fuse(a, b)
 
     def patch_spec(self) -> PatchSpec:
         """The training windows for this configuration (patch, label, stride, end rule)."""

@@ -34,7 +34,12 @@ A = infrared (or PET), B = visible (or MRI); everything works in [0, 1] (§0.2) 
 Deliberate deviations from the authors' code:
 - BN at inference uses running statistics (eval mode: deterministic, independent of the rest
   of the batch). The TF code always normalised with batch statistics (``training=True``) and
-  never updated its moving averages (§0.6); ``bn_at_test="batch"`` restores that behaviour.
+  never updated its moving averages (§0.6); ``bn_at_test="batch"`` restores that behaviour
+  for one image per run: each image is normalised with its own statistics, never across the
+  images of a batch (so fuse, eval and validation agree whatever their batch size).
+- With ``adversarial="wgan_gp"`` both Ds use ``nn.GroupNorm(1, C)`` (layer norm, per sample)
+  instead of BN (``d_norm``, auto): a gradient penalty through batch statistics is ill-defined
+  (Gulrajani et al. 2017). ``bce``/``lsgan`` keep the paper's BN Ds.
   BN eps 1e-3 as TF; momentum 0.1 (no code value exists, see _ddcgan_nets.BN_MOMENTUM).
 - The Ds return the logit 2t of their tanh(t)/2 + 0.5 output (= sigmoid(2t)), so the code's
   -log(D + 1e-8) losses are BCE-with-logits: the same values except where the 1e-8 clamp bit
@@ -74,8 +79,13 @@ from fusion_models.models._ddcgan_nets import (
     avg_pool_same,
     downsample_quarter,
 )
-from fusion_models.models.base import FusionConfig, FusionModel, set_requires_grad
-from fusion_models.models.fusiongan import eval_context
+from fusion_models.models.base import (
+    AdversarialConfig,
+    BNStats,
+    FusionConfig,
+    FusionModel,
+    set_requires_grad,
+)
 from fusion_models.models.losses import d_loss, g_adv_loss, laplacian8
 
 logger = logging.getLogger(__name__)
@@ -85,7 +95,7 @@ MULTI_RESOLUTION_DEFAULTS = {"w_content": 0.8, "w_int": 1.0, "d_threshold": 1.9,
                              "g_adv_threshold": 1.0}
 
 
-class Config(FusionConfig):
+class Config(AdversarialConfig):
     """DDcGAN hyperparameters; defaults are the authors' code values (models.md §3).
 
     With ``variant="multi_resolution"`` the fields of ``MULTI_RESOLUTION_DEFAULTS`` that are not
@@ -95,6 +105,8 @@ class Config(FusionConfig):
         variant: ``same_resolution`` (IR and VI at one size) or ``multi_resolution`` (the IR /
             PET at 1/4 size, up-sampled inside G; D_i works at 1/4 size).
         adversarial: GAN objective on the D logits; ``bce`` = the code's -log D losses.
+        d_norm: the Ds' normalisation; None = auto: the paper's ``batch``, ``layer`` for
+            ``wgan_gp`` (see :class:`~fusion_models.models.base.AdversarialConfig`).
         lambda_gp: gradient-penalty weight, used only with ``wgan_gp``.
         w_content: weight of the content term in L_G (0.6 same / 0.8 multi resolution).
         w_int: weight of Fro(F_i - IR) in the content term (1/16 same: the code's "/16";
@@ -116,7 +128,8 @@ class Config(FusionConfig):
         g_adv_threshold: adversarial-only G steps while a D loss is below this (1.4 / 1.0).
         g_threshold: full G steps while L_G exceeds this (200).
         max_repeats: most steps of one D, or of G, per batch, first step included (20).
-        bn_at_test: ``running`` (eval-mode BN, our default) or ``batch`` (the TF behaviour).
+        bn_at_test: ``running`` (eval-mode BN, our default) or ``batch`` (the TF behaviour:
+            each image normalised with its own statistics, independent of the batching).
         epochs: training epochs (1).
         batch_size: patches per batch (24).
         patch: training window side (84); a multiple of 4 for ``multi_resolution``. At least
@@ -213,8 +226,9 @@ class DDcGAN(FusionModel):
         self.config: Config = config
         self.multi_resolution = config.variant == "multi_resolution"
         self.generator = Generator(self.multi_resolution)
-        self.d_v = Discriminator(config.patch)
-        self.d_i = Discriminator(config.patch // 4 if self.multi_resolution else config.patch)
+        self.d_v = Discriminator(config.patch, config.d_norm)
+        self.d_i = Discriminator(config.patch // 4 if self.multi_resolution else config.patch,
+                                 config.d_norm)
         # batch parity of the schedule and the solvers' shared global step, kept in checkpoints
         self.register_buffer("n_batches", torch.zeros((), dtype=torch.long))
         self.register_buffer("n_opt_steps", torch.zeros((), dtype=torch.long))
@@ -343,8 +357,11 @@ class DDcGAN(FusionModel):
         out.update({k: torch.tensor(float(n), device=src.vi.device) for k, n in steps.items()})
         return out
 
-    @torch.no_grad()
-    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
+    def inference_bn_stats(self) -> BNStats:
+        """``image`` for ``bn_at_test="batch"`` (per-image statistics, §0.6), else running."""
+        return "image" if self.config.bn_at_test == "batch" else "running"
+
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
         """Whole-image fusion in one pass.
 
         Args:
@@ -360,6 +377,6 @@ class DDcGAN(FusionModel):
             pad = (0, -w % 4, 0, -h % 4)
             a, b = (torch.nn.functional.pad(x, pad, mode="reflect") for x in (a, b))
         src = self.sources(a, b)
-        with eval_context(self.generator, self.config.bn_at_test), self.autocast():
+        with self.autocast():
             out = self.generator(src.vi, src.ir)
         return self.from_input_scale(out.float()[..., :h, :w])

@@ -301,8 +301,7 @@ class DenseFuse(FusionModel):
             "loss_ssim": loss_ssim.detach(),
         }
 
-    @torch.no_grad()
-    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
         """encoder(A), encoder(B) -> ``strategy`` -> decoder, at the image's own size.
 
         Reflect padding keeps every layer size-preserving, so no outer padding is needed.

@@ -27,9 +27,13 @@ Deliberate deviations from the authors' code:
   SN rescaling (a bug, §2.5): in eval mode the parametrisation uses its stored u, v.
 - BN at inference uses the running statistics (eval mode; deterministic and independent of
   what else is in the batch). The TF graph always normalised with the batch's own statistics,
-  i.e. with the single test image's (§0.6); ``bn_at_test="batch"`` restores that (with B > 1
-  images per call the statistics then span the whole batch). The TF training graph did update
+  i.e. with the single test image's (§0.6); ``bn_at_test="batch"`` restores that: each image
+  is normalised with its OWN statistics whatever the batch it comes in (never statistics
+  across images, so validation, ``fuse`` and ``eval`` agree). The TF training graph did update
   its moving averages (``updates_collections=None``), so the running statistics are trained.
+- With ``adversarial="wgan_gp"`` the D's three BN layers become ``nn.GroupNorm(1, C)`` (layer
+  norm, per sample; ``d_norm``, auto): a gradient penalty through batch statistics is
+  ill-defined (Gulrajani et al. 2017). ``lsgan``/``bce`` keep the paper's BN D.
 - The D's linear size is derived from ``patch`` (TF hard-codes batch 32 and 6*6*256).
   Flatten order is NCHW (TF: NHWC), which only matters for loading TF weights.
 - G runs once for the ``d_steps`` D updates (its detached output is reused; the TF loop re-ran
@@ -56,7 +60,15 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from fusion_models.data.patches import PatchSpec
 from fusion_models.models import losses
-from fusion_models.models.base import FusionConfig, FusionModel, set_requires_grad
+from fusion_models.models.base import (
+    AdversarialConfig,
+    BNStats,
+    DNorm,
+    FusionConfig,
+    FusionModel,
+    norm_layer,
+    set_requires_grad,
+)
 from fusion_models.models.losses import d_loss, g_adv_loss, laplacian4
 
 logger = logging.getLogger(__name__)
@@ -66,11 +78,13 @@ PAD = SHRINK // 2  # test-time edge-replicate pad (§2.5)
 _REAL, _FAKE = (0.7, 1.2), (0.0, 0.3)  # LSGAN soft-label ranges (§0.9)
 
 
-class Config(FusionConfig):
+class Config(AdversarialConfig):
     """FusionGAN hyperparameters; defaults are the authors' code values (models.md §2).
 
     Attributes:
         adversarial: GAN objective; ``lsgan`` with soft labels is the paper's (§0.9).
+        d_norm: D's normalisation; None = auto: the paper's ``batch``, ``layer`` for
+            ``wgan_gp`` (see :class:`~fusion_models.models.base.AdversarialConfig`).
         lambda_gp: gradient-penalty weight, used only with ``wgan_gp``.
         w_adv: weight of the generator's adversarial term (code: 1).
         w_content: lambda, weight of the content term L_int + w_grad * L_grad (code: 100).
@@ -80,8 +94,8 @@ class Config(FusionConfig):
         lr_d: discriminator Adam learning rate (1e-4).
         d_steps: discriminator updates per generator update, same batch (2).
         bn_at_test: ``running``: BN normalises with its running statistics at inference
-            (eval mode, our default); ``batch``: with the fused batch's own statistics, as the
-            TF test graph did (§0.6).
+            (eval mode, our default); ``batch``: each image with its own statistics, as the
+            TF test graph did with its one image (§0.6); independent of the batching.
         epochs: training epochs (10; the released test script uses the epoch-3 checkpoint).
         batch_size: patches per batch (32).
         patch: training window side (132); the label is its centred (patch - 12) crop. At
@@ -104,31 +118,7 @@ class Config(FusionConfig):
     stride: int = Field(14, ge=1)
 
 
-# -- helpers (shared with DDcGAN; candidates for a common blocks module) ------------------------
-@contextmanager
-def eval_context(net: nn.Module, bn: Literal["running", "batch"] = "running") -> Iterator[None]:
-    """Inference mode for ``net``, restoring every module's train/eval flag afterwards.
-
-    ``net.eval()`` (spectral norm uses its stored u, v; BN its running statistics). With
-    ``bn="batch"`` the BN layers normalise with the input's own statistics instead, as the TF
-    originals did at test time (§0.6), without touching the running statistics.
-    """
-    modes = [(m, m.training) for m in net.modules()]
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
-    net.eval()
-    if bn == "batch":
-        for m in bns:
-            m.train()
-            m.track_running_stats = False  # batch statistics, running buffers left alone
-    try:
-        yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-        for m, mode in modes:
-            m.training = mode
-
-
+# -- helpers ------------------------------------------------------------------------------------
 @contextmanager
 def sn_frozen(net: nn.Module) -> Iterator[None]:
     """No spectral-norm power iteration inside (TF ``update_collection='NO_OPS'``, §2.2)."""
@@ -168,16 +158,19 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D of §2.2: (B, 1, size, size) in [-1, 1] -> (B, 1) raw scores (120 -> 59-29-14-6)."""
+    """D of §2.2: (B, 1, size, size) in [-1, 1] -> (B, 1) raw scores (120 -> 59-29-14-6).
 
-    def __init__(self, size: int = 120) -> None:
+    ``norm``: the layers after convs 2-4: ``batch`` (the paper), ``layer`` or ``none``.
+    """
+
+    def __init__(self, size: int = 120, norm: DNorm = "batch") -> None:
         super().__init__()
         chans = (1, 32, 64, 128, 256)
         layers: list[nn.Module] = []
         for i in range(4):
             layers.append(_sn(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2)))
             if i:
-                layers.append(nn.BatchNorm2d(chans[i + 1], eps=1e-5, momentum=0.1))
+                layers.append(norm_layer(norm, chans[i + 1], eps=1e-5, momentum=0.1))
             layers.append(nn.LeakyReLU(0.2))
             size = (size - 3) // 2 + 1
         self.features = nn.Sequential(*layers)
@@ -199,7 +192,7 @@ class FusionGAN(FusionModel):
         super().__init__(config)
         self.config: Config = config
         self.generator = Generator()
-        self.discriminator = Discriminator(config.patch - SHRINK)
+        self.discriminator = Discriminator(config.patch - SHRINK, config.d_norm)
         self.optimizers = self.configure_optimizers()
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -260,8 +253,11 @@ class FusionGAN(FusionModel):
         loss_int, loss_grad = self.content_terms(fused.float(), ir, vi)
         return self.adversarial_content_step(loss_adv, loss_int, loss_grad, loss_d)
 
-    @torch.no_grad()
-    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
+    def inference_bn_stats(self) -> BNStats:
+        """``image`` for ``bn_at_test="batch"`` (per-image statistics, §0.6), else running."""
+        return "image" if self.config.bn_at_test == "batch" else "running"
+
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
         """Whole-image fusion: edge-replicate pad 6, valid convs give back H x W (§2.5).
 
         Args:
@@ -272,6 +268,6 @@ class FusionGAN(FusionModel):
         """
         x = self.to_input_scale(torch.cat([a, b], dim=1))
         x = F.pad(x, (PAD, PAD, PAD, PAD), mode="replicate")
-        with eval_context(self.generator, self.config.bn_at_test), self.autocast():
+        with self.autocast():
             out = self.generator(x)
         return self.from_input_scale(out.float())

@@ -31,7 +31,10 @@ Deliberate deviations from the authors' code:
   digits; the defaults (3, 1.5, 4) give exactly the code's constants 0.0947/0.1183/0.1478.
 - ``fuse`` returns [0, 1] clamped, with no per-image min-max stretch (§0.5: that stretch came
   from scipy.misc.imsave and belongs to evaluation, not to the model).
-- ``adversarial`` also offers ``bce`` and ``wgan_gp`` (default ``lsgan``, the paper's).
+- ``adversarial`` also offers ``bce`` and ``wgan_gp`` (default ``lsgan``, the paper's). With
+  ``wgan_gp`` the D's three BN layers become ``nn.GroupNorm(1, C)`` (layer norm, per sample;
+  ``d_norm``, auto): a gradient penalty through batch statistics is ill-defined (Gulrajani et
+  al. 2017). ``lsgan``/``bce`` keep the paper's BN D.
 """
 
 from __future__ import annotations
@@ -45,13 +48,20 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from fusion_models.data.patches import PatchSpec
-from fusion_models.models.base import FusionConfig, FusionModel, set_requires_grad
+from fusion_models.models.base import (
+    AdversarialConfig,
+    DNorm,
+    FusionConfig,
+    FusionModel,
+    norm_layer,
+    set_requires_grad,
+)
 from fusion_models.models.losses import d_loss, g_adv_loss, laplacian4
 
 logger = logging.getLogger(__name__)
 
 
-class Config(FusionConfig):
+class Config(AdversarialConfig):
     """MFF-GAN hyperparameters; defaults are the authors' code values (models.md §4).
 
     Attributes:
@@ -59,6 +69,8 @@ class Config(FusionConfig):
         w_content: weight of the content term L_int + w_grad * L_grad (code: 10).
         w_grad: weight of the decision-weighted gradient term inside the content term (code: 5).
         adversarial: GAN objective; ``lsgan`` with soft labels is the paper's (§0.9).
+        d_norm: D's normalisation; None = auto: the paper's ``batch``, ``layer`` for
+            ``wgan_gp`` (see :class:`~fusion_models.models.base.AdversarialConfig`).
         lambda_gp: gradient-penalty weight, used only with ``wgan_gp``.
         lr_g: generator Adam learning rate (1e-4).
         lr_d: discriminator Adam learning rate (1e-4).
@@ -145,19 +157,6 @@ def decision_maps(a: Tensor, b: Tensor, kernel: Tensor, repeats: int) -> tuple[T
 
 
 # -- networks ----------------------------------------------------------------------------------
-class _BatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that, if asked, uses the batch's own statistics in eval mode too (§0.6)."""
-
-    def __init__(self, channels: int, momentum: float, eval_batch_stats: bool) -> None:
-        super().__init__(channels, eps=1e-5, momentum=momentum)
-        self.eval_batch_stats = eval_batch_stats
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training and self.eval_batch_stats:
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        return super().forward(x)
-
-
 def _init(module: nn.Conv2d | nn.Linear, std: float) -> None:
     """TF truncated_normal_initializer(stddev=std) (cut at 2 std) and zero bias."""
     nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
@@ -177,20 +176,18 @@ class TwoPathGenerator(nn.Module):
         channels: feature maps per conv (16).
         init_std: truncated-normal weight std (1e-3).
         batch_norm: BN after every conv but the last (PMGI) or none (MFF-GAN).
-        bn_momentum: PyTorch BN momentum (TF decay 0.9 -> 0.1, §0.7).
-        eval_batch_stats: BN uses each batch's statistics in eval mode as well.
+        bn_momentum: PyTorch BN momentum (TF decay 0.9 -> 0.1, §0.7); eps 1e-5.
     """
 
     def __init__(self, in_channels: int = 1, channels: int = 16, init_std: float = 1e-3,
-                 batch_norm: bool = False, bn_momentum: float = 0.1,
-                 eval_batch_stats: bool = False) -> None:
+                 batch_norm: bool = False, bn_momentum: float = 0.1) -> None:
         super().__init__()
         c = channels
 
         def block(cin: int, k: int) -> nn.Sequential:
             conv = nn.Conv2d(cin, c, k, padding=k // 2)
             _init(conv, init_std)
-            norm = [_BatchNorm2d(c, bn_momentum, eval_batch_stats)] if batch_norm else []
+            norm = [nn.BatchNorm2d(c, eps=1e-5, momentum=bn_momentum)] if batch_norm else []
             return nn.Sequential(conv, *norm, nn.LeakyReLU(0.2))
 
         def pair(cin: int, k: int) -> nn.ModuleList:
@@ -223,9 +220,11 @@ class GradientDiscriminator(nn.Module):
         patch: input side; fixes the linear layer's size (60 -> 2*2*256 = 1,024 inputs).
         channels: first conv's channels, doubled at each later conv (32).
         init_std: truncated-normal weight std (1e-3).
+        norm: the layers after convs 2-4: ``batch`` (the paper), ``layer`` or ``none``.
     """
 
-    def __init__(self, patch: int = 60, channels: int = 32, init_std: float = 1e-3) -> None:
+    def __init__(self, patch: int = 60, channels: int = 32, init_std: float = 1e-3,
+                 norm: DNorm = "batch") -> None:
         super().__init__()
         widths = [1, channels, 2 * channels, 4 * channels, 8 * channels]
         layers: list[nn.Module] = []
@@ -235,7 +234,7 @@ class GradientDiscriminator(nn.Module):
             _init(conv, init_std)
             layers.append(conv)
             if i > 0:
-                layers.append(nn.BatchNorm2d(widths[i + 1], eps=1e-5, momentum=0.1))
+                layers.append(norm_layer(norm, widths[i + 1], eps=1e-5, momentum=0.1))
             layers.append(nn.LeakyReLU(0.2))
             side = (side - 3) // 2 + 1
         self.features = nn.Sequential(*layers)
@@ -260,7 +259,7 @@ class MFFGAN(FusionModel):
         self.config: Config = config
         self.generator = TwoPathGenerator(1, config.g_channels, config.init_std)
         self.discriminator = GradientDiscriminator(config.patch, config.d_channels,
-                                                   config.init_std)
+                                                   config.init_std, config.d_norm)
         self.blur_kernel = gaussian_kernel(config.blur_size, config.blur_sigma,
                                            config.blur_decimals)
         self.optimizers = self.configure_optimizers()
@@ -320,8 +319,7 @@ class MFFGAN(FusionModel):
         loss_int, loss_grad = self.content_terms(fused, a, b)
         return self.adversarial_content_step(loss_adv, loss_int, loss_grad, loss_d)
 
-    @torch.no_grad()
-    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
         """Whole-image fusion, no padding (§4.5: 'SAME' convs keep any H, W).
 
         Args:

@@ -25,7 +25,8 @@ Deliberate deviations from the authors' code:
   (§0.6). We default to the running statistics (``bn_eval_stats="running"``): ``fuse`` is then
   deterministic and independent of the batch it is called with, and a validation score does not
   depend on how images are batched. ``bn_eval_stats="image"`` reproduces the authors' behaviour
-  (each image of the batch is normalised with its own statistics, also deterministic).
+  (each image of the batch is normalised with its own statistics, also deterministic and
+  independent of the batching; the base class's per-image BN, see ``inference_bn_stats``).
 - The pan-sharpening folder (and its single-source loss row) is not offered: the project's
   tasks are ivif, medical, mef and mff.
 - ``fuse`` returns [0, 1] clamped, without the per-image min-max stretch of scipy imsave (§0.5).
@@ -45,7 +46,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from fusion_models.data.patches import PatchSpec
-from fusion_models.models.base import FusionConfig, FusionModel
+from fusion_models.models.base import BNStats, FusionConfig, FusionModel
 from fusion_models.models.losses import laplacian4
 from fusion_models.models.mffgan import TwoPathGenerator
 
@@ -159,7 +160,6 @@ class PMGI(FusionModel):
         self.generator = TwoPathGenerator(
             in_channels=3, channels=config.channels, init_std=config.init_std,
             batch_norm=True, bn_momentum=config.bn_momentum,
-            eval_batch_stats=config.bn_eval_stats == "image",
         )
         self.optimizers = self.configure_optimizers()
 
@@ -201,12 +201,13 @@ class PMGI(FusionModel):
         out.update({f"loss_{k}": v for k, v in t.items()})
         return {k: v.detach() for k, v in out.items()}
 
-    @torch.no_grad()
-    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
-        """Whole-image fusion, no padding (§5.4: 'SAME' convs keep any H, W).
+    def inference_bn_stats(self) -> BNStats:
+        """``bn_eval_stats``: ``image`` = each image's own statistics (the authors' batch-of-one
+        test graph, §0.6), or the running statistics."""
+        return self.config.bn_eval_stats
 
-        With ``bn_eval_stats="image"`` each image runs alone so that it is normalised with its
-        own statistics (the authors' batch-of-one test graph).
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
+        """Whole-image fusion, no padding (§5.4: 'SAME' convs keep any H, W).
 
         Args:
             a, b: (B, 1, H, W) sources in [0, 1].
@@ -216,8 +217,5 @@ class PMGI(FusionModel):
         """
         xa, xb = self.to_input_scale(a), self.to_input_scale(b)
         with self.autocast():
-            if self.config.bn_eval_stats == "image":
-                out = torch.cat([self(xa[i : i + 1], xb[i : i + 1]) for i in range(len(xa))])
-            else:
-                out = self(xa, xb)
+            out = self(xa, xb)
         return self.from_input_scale(out.float())

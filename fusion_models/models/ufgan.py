@@ -56,7 +56,10 @@ Deliberate deviations (not bugs):
 - G runs once per call; the G step reuses that forward (the repo re-ran the unchanged G).
 - The repo's ``kaiming_normal_`` init never reached its spectral-normalised layers; we keep
   PyTorch's default init everywhere (what the repo effectively used).
-- ``adversarial`` also offers ``bce`` and ``wgan_gp``; ``fuse`` returns [0, 1] clamped.
+- ``adversarial`` also offers ``bce`` and ``wgan_gp``; ``fuse`` returns [0, 1] clamped. With
+  ``wgan_gp`` the D's four BN layers become ``nn.GroupNorm(1, C)`` (layer norm, per sample;
+  ``d_norm``, auto): a gradient penalty through batch statistics is ill-defined (Gulrajani et
+  al. 2017). ``lsgan``/``bce`` keep the repo's BN D.
 """
 
 from __future__ import annotations
@@ -78,7 +81,12 @@ from fusion_models.models._ufgan_nets import (
     UNetGenerator,
     valid_unet_output,
 )
-from fusion_models.models.base import FusionConfig, FusionModel, set_requires_grad
+from fusion_models.models.base import (
+    AdversarialConfig,
+    FusionConfig,
+    FusionModel,
+    set_requires_grad,
+)
 from fusion_models.models.losses import (
     Adversarial,
     d_loss,
@@ -95,7 +103,7 @@ FeatureExtractor = Callable[[Tensor, Sequence[int]], dict[int, Tensor]]
 D_MIN_SIDE = 31  # four valid 3x3 stride-2 convs need at least 31 px
 
 
-class Config(FusionConfig):
+class Config(AdversarialConfig):
     """UFGAN hyper-parameters; defaults are the authors' code values (models.md §1.2-§1.5).
 
     Attributes:
@@ -105,7 +113,9 @@ class Config(FusionConfig):
         unet_padding: ``same`` (pad-1 convs, output = input) or ``valid`` (unpadded convs,
             centre-cropped skips; needs an admissible ``patch``, label derived).
         norm: generator normalisation: ``batch`` (the repo), ``instance`` or ``none``.
-        d_norm: discriminator normalisation: ``batch`` (the repo) or ``none`` (e.g. wgan_gp).
+        d_norm: discriminator normalisation: ``batch`` (the repo), ``layer`` (GroupNorm(1, C))
+            or ``none``; None = auto: ``layer`` for ``wgan_gp``, ``batch`` otherwise (see
+            :class:`~fusion_models.models.base.AdversarialConfig`).
         spectral_norm: SN on the U-Net's/FusionModel's convs and D's convs (the repo: on).
         dropout: U-Net nn.Dropout and FusionModel nn.Dropout2d probability (0.2).
         adversarial: ``lsgan`` (soft labels, the repo), ``bce`` or ``wgan_gp``.
@@ -136,7 +146,6 @@ class Config(FusionConfig):
     depth: int = Field(4, ge=1, le=6)
     unet_padding: Literal["same", "valid"] = "same"
     norm: Literal["batch", "instance", "none"] = "batch"
-    d_norm: Literal["batch", "none"] = "batch"
     spectral_norm: bool = True
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     adversarial: Adversarial = "lsgan"
@@ -346,8 +355,7 @@ class UFGAN(FusionModel):
         self.step_count += 1
         return {"loss_d": loss_d, **self._last_g}
 
-    @torch.no_grad()
-    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
         """Whole-image fusion: (B, 1, H, W) IR, VI in [0, 1] -> (B, 1, H, W) F in [0, 1].
 
         Same-size generators run on the image as is (the U-Net reflect-pads to a multiple of

@@ -10,12 +10,12 @@ from torch.nn.utils import parametrize
 
 from fusion_models.data.patches import PATCH_PRESETS
 from fusion_models.models import losses
+from fusion_models.models.base import eval_context
 from fusion_models.models.fusiongan import (
     Config,
     Discriminator,
     FusionGAN,
     Generator,
-    eval_context,
     sn_frozen,
 )
 
