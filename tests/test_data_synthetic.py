@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -85,8 +86,8 @@ def test_generated_set_is_cached_and_atomic(tmp_path, monkeypatch):
 
 
 def test_generated_set_failure_leaves_no_folder(tmp_path, monkeypatch):
-    def broken(out_dir, n, size, seed):
-        make_ivif(out_dir, n=n, size=size, seed=seed)
+    def broken(out_dir, n, size, seed, photos):
+        make_ivif(out_dir, n=n, size=size, seed=seed, photos=photos)
         raise RuntimeError("killed half way")
 
     monkeypatch.setitem(synthetic._MAKERS, "ivif", (broken, "ivif"))
@@ -109,5 +110,40 @@ def test_bad_requests(tmp_path):
 
 def test_photos_ship_with_scikit_image():
     for name in synthetic.PHOTOS:
+        img = synthetic._photo(name)
+        assert img.dtype == np.uint8 and min(img.shape[:2]) >= 300
+
+
+def test_splits_draw_disjoint_pairs_and_the_test_split_unseen_photos(tmp_path, monkeypatch):
+    used: dict[str, set[str]] = {}
+    split = {"now": ""}
+    real = synthetic._photo
+
+    def photo(name: str) -> np.ndarray:
+        used.setdefault(split["now"], set()).add(name)
+        return real(name)
+
+    monkeypatch.setattr(synthetic, "_photo", photo)
+    images, folders = {}, {}
+    for name in ("train", "val", "test"):
+        split["now"] = name
+        ps = generated_set(f"ivif:{name}", tmp_path, n=7, size=64)
+        folders[name] = ps.root
+        images[name] = [read_image(p.path_b).tobytes() for p in ps.pairs]
+        marker = json.loads((ps.root / ".generated.json").read_text())
+        assert marker["split"] == name and marker["seed"] == synthetic.SPLITS[name][0]
+    assert len(set(folders.values())) == 3
+    assert generated_set("ivif", tmp_path, n=7, size=64).root == folders["train"]
+    flat = [b for name in images for b in images[name]]
+    assert len(set(flat)) == len(flat), "no image appears in two splits"
+    assert used["test"] <= set(synthetic.TEST_PHOTOS) and len(used["test"]) == 7
+    assert not used["test"] & (used["train"] | used["val"])
+    assert not set(synthetic.TEST_PHOTOS) & set(synthetic.PHOTOS)
+    with pytest.raises(ValueError, match="unknown split 'tset'; known splits: train, val, test"):
+        generated_set("ivif:tset", tmp_path)
+
+
+def test_test_photos_ship_with_scikit_image():
+    for name in synthetic.TEST_PHOTOS:
         img = synthetic._photo(name)
         assert img.dtype == np.uint8 and min(img.shape[:2]) >= 300

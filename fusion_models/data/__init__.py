@@ -45,7 +45,7 @@ from .patches import (
     extract_patches,
     patch_preset,
 )
-from .synthetic import generated_set, make_ivif, make_multifocus
+from .synthetic import generated_set, make_ivif, make_multifocus, parse_generated
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -71,6 +71,7 @@ __all__ = [
     "make_ivif",
     "make_multifocus",
     "open_pair_set",
+    "parse_generated",
     "patch_preset",
     "plan_colour",
     "probe_image",

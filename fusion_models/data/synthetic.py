@@ -11,7 +11,11 @@ The same seed gives bit-identical PNG files (with the same OpenCV and scikit-ima
 * :func:`make_ivif`: ``ir/`` shows bright "hot" people/vehicle shapes on a smooth, low-contrast
   background (the photo blurred away); ``vi/`` shows the photo's full texture with the same shapes
   only slightly darker. Both grey.
-* :func:`generated_set`: a cached, atomically written folder per (kind, n, size, seed).
+* :func:`generated_set`: a cached, atomically written folder per (kind, split, n, size, seed).
+
+Splits (``generated:<kind>[:<split>]``): ``train`` (the default) and ``val`` crop the training
+photos (:data:`PHOTOS`) with different seeds; ``test`` crops photos no other split uses
+(:data:`TEST_PHOTOS`), with another seed, so a test score never saw a training scene.
 """
 
 from __future__ import annotations
@@ -45,6 +49,22 @@ PHOTOS: tuple[str, ...] = (
     "gravel.png",
     "brick.png",
 )
+#: Photos only the ``test`` split crops (held out from ``train`` and ``val``).
+TEST_PHOTOS: tuple[str, ...] = (
+    "motorcycle_left.png",
+    "moon.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "cell.png",
+    "clock_motion.png",
+)
+#: split -> (added to the seed, photo pool).
+SPLITS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "train": (0, PHOTOS),
+    "val": (1000, PHOTOS),
+    "test": (2000, TEST_PHOTOS),
+}
 _GRAY = np.array([0.299, 0.587, 0.114])
 
 
@@ -92,7 +112,8 @@ def _save(path: Path, img: np.ndarray) -> None:
 
 
 def make_multifocus(
-    out_dir: str | Path, n: int = 8, size: int = 256, sigma: float = 2.0, seed: int = 0
+    out_dir: str | Path, n: int = 8, size: int = 256, sigma: float = 2.0, seed: int = 0,
+    photos: tuple[str, ...] = PHOTOS,
 ) -> PairSet:
     """Write ``n`` multi-focus pairs with ground truth (MFIF-GAN recipe, models.md §8).
 
@@ -105,6 +126,7 @@ def make_multifocus(
         sigma: Gaussian blur sigma for both the defocus blur and the mask blur (MFIF-GAN used 1
             and lists 0.5-5).
         seed: random seed (photo order, crops, masks).
+        photos: the scikit-image photos to crop (file names in ``skimage/data``).
 
     Returns:
         The opened :class:`PairSet` (task ``mff``, ``dir_gt`` set).
@@ -112,9 +134,9 @@ def make_multifocus(
     out_dir = Path(out_dir)
     _prepare(out_dir, ("a", "b", "gt"))
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(PHOTOS))
+    order = rng.permutation(len(photos))
     for i in range(n):
-        image = _crop(rng, _photo(PHOTOS[order[i % len(PHOTOS)]]), size)
+        image = _crop(rng, _photo(photos[order[i % len(photos)]]), size)
         mask = _blob_mask(rng, size)
         blurred, soft = _blur(image, sigma), _blur(mask, sigma)
         name = f"{i:03d}.png"
@@ -146,7 +168,8 @@ def _targets(rng: np.random.Generator, size: int) -> list[np.ndarray]:
     return masks
 
 
-def make_ivif(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -> PairSet:
+def make_ivif(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0,
+              photos: tuple[str, ...] = PHOTOS) -> PairSet:
     """Write ``n`` IVIF-like grey pairs whose two sources carry complementary information.
 
     ``ir/NNN.png`` (A): the photo blurred with sigma = size/24 and squeezed to about 60 +- 20
@@ -159,6 +182,7 @@ def make_ivif(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -
         n: number of pairs.
         size: side of the square images in pixels.
         seed: random seed.
+        photos: the scikit-image photos to crop (file names in ``skimage/data``).
 
     Returns:
         The opened :class:`PairSet` (roles ``ir``/``vi``, task ``ivif``).
@@ -166,9 +190,9 @@ def make_ivif(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -
     out_dir = Path(out_dir)
     _prepare(out_dir, ("ir", "vi"))
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(PHOTOS))
+    order = rng.permutation(len(photos))
     for i in range(n):
-        image = _crop(rng, _photo(PHOTOS[order[i % len(PHOTOS)]]), size)
+        image = _crop(rng, _photo(photos[order[i % len(photos)]]), size)
         grey = image[:, :, 0] if image.shape[2] == 1 else image @ _GRAY
         smooth = _blur(grey, size / 24)
         infrared = 60.0 + 0.35 * (smooth - smooth.mean())
@@ -186,17 +210,31 @@ def make_ivif(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -
 _MAKERS = {"mff": (make_multifocus, "mff"), "ivif": (make_ivif, "ivif")}
 
 
+def parse_generated(name: str) -> tuple[str, str]:
+    """``ivif`` -> ("ivif", "train"); ``mff:test`` -> ("mff", "test"); unknown -> ValueError."""
+    kind, _, split = name.partition(":")
+    split = split or "train"
+    if kind not in _MAKERS:
+        raise ValueError(f"unknown generated set kind '{kind}'; known kinds: {', '.join(_MAKERS)}")
+    if split not in SPLITS:
+        raise ValueError(f"generated:{name}: unknown split '{split}'; known splits: "
+                         f"{', '.join(SPLITS)}")
+    return kind, split
+
+
 def generated_set(
     kind: str, root: str | Path, n: int = 8, size: int = 256, seed: int = 0
 ) -> PairSet:
-    """A generated set, cached as ``root/<kind>-n<n>-s<size>-seed<seed>-v<version>/``.
+    """A generated set, cached as ``root/<kind>[-<split>]-n<n>-s<size>-seed<seed>-v<version>/``.
 
     The folder is reused when it exists (it was renamed into place complete, with a hidden
     ``.generated.json`` recording the parameters); otherwise it is written to a temporary
     folder under ``root`` and renamed, so a crash never leaves a half set behind.
 
     Args:
-        kind: ``mff`` (:func:`make_multifocus`, default sigma) or ``ivif`` (:func:`make_ivif`).
+        kind: ``mff`` (:func:`make_multifocus`, default sigma) or ``ivif`` (:func:`make_ivif`),
+            optionally with a split: ``ivif:val``, ``mff:test`` (see :data:`SPLITS`; the
+            split's seed offset is added to ``seed``).
         root: cache folder (created if missing).
         n: number of pairs.
         size: image side in pixels.
@@ -205,13 +243,16 @@ def generated_set(
     Returns:
         The opened :class:`PairSet`.
     """
-    if kind not in _MAKERS:
-        raise ValueError(f"unknown generated set kind '{kind}'; known kinds: {', '.join(_MAKERS)}")
+    kind, split = parse_generated(kind)
     maker, task = _MAKERS[kind]
+    offset, photos = SPLITS[split]
+    seed += offset
     root = Path(root)
-    folder = root / f"{kind}-n{n}-s{size}-seed{seed}-v{SYNTH_VERSION}"
+    tag = kind if split == "train" else f"{kind}-{split}"
+    folder = root / f"{tag}-n{n}-s{size}-seed{seed}-v{SYNTH_VERSION}"
     params = {
         "kind": kind,
+        "split": split,
         "n": n,
         "size": size,
         "seed": seed,
@@ -228,7 +269,7 @@ def generated_set(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=root))
     try:
-        maker(tmp, n=n, size=size, seed=seed)
+        maker(tmp, n=n, size=size, seed=seed, photos=photos)
         (tmp / marker.name).write_text(json.dumps(params, indent=1))
         os.rename(tmp, folder)
     except OSError:
