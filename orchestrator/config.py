@@ -18,7 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fusion_models.data.synthetic import parse_generated
 from fusion_models.registry import get_model_class
+
+GENERATED = "generated:"
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
@@ -32,7 +35,9 @@ class DataSpec(_Strict):
 
     Attributes:
         train: set folder (two source sub-folders; relative to the YAML) or ``generated:<kind>``.
-        val: the same for validation (full-size images); default: the training set.
+        val: the same for validation (full-size images); default: the ``val`` split of a
+            generated training set (``generated:ivif`` -> ``generated:ivif:val``), else the
+            training set itself.
         task: ivif | medical | mff | mef (colour rule, PMGI presets); default from the folders.
         val_pairs: at most this many validation pairs (sorted by name).
         colour: colour rule for the grey channels the models fuse (``auto``: from the task).
@@ -97,6 +102,23 @@ class RunSpec(_Strict):
                 and "task" in get_model_class(self.model).Config.model_fields:
             params["task"] = self.data.task
         return params
+
+    def val_entry(self) -> str:
+        """The validation set: ``data.val``; else a generated training set's ``val`` split
+        (other crops, never the training pairs); else the training set."""
+        if self.data.val:
+            return self.data.val
+        if self.data.train.startswith(GENERATED):
+            kind, _ = parse_generated(self.data.train[len(GENERATED):])
+            return f"{GENERATED}{kind}:val"
+        return self.data.train
+
+    def set_key(self, value: str) -> tuple[str, str]:
+        """Identity of a data entry: (kind, split) of a generated set, else the resolved path
+        (``generated:ivif`` and ``generated:ivif:train`` are the same set)."""
+        if value.startswith(GENERATED):
+            return parse_generated(value[len(GENERATED):])
+        return ("folder", self.resolve_path(value))
 
     def resolve_path(self, value: str) -> str:
         """A data entry as given (``generated:...``) or resolved against ``base_dir``."""

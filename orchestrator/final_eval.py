@@ -1,6 +1,11 @@
 """After a sweep: the top-k trials' best checkpoints measured on the test set(s) with Ray Data
 (fuse + every metric inside ``map_batches``, one model load per actor), logged to each trial's
 child run (``test/<set>/<metric>``) and as a summary table (``final_eval.csv``) on the parent.
+
+Test sets are :func:`~orchestrator.search_space.evaluation_sets`: ``tune.test_data`` or the
+generated ``test`` split; a sweep without a disjoint test set is measured on its validation set
+and the numbers are logged as ``validation/<set>/<metric>`` (split ``validation`` in the table):
+those pairs chose the checkpoints, so they are never called test.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from orchestrator.search_space import SweepSpec
+from orchestrator.search_space import SweepSpec, evaluation_sets
 from orchestrator.sweep_record import log_table, ranked
 
 log = logging.getLogger(__name__)
@@ -21,22 +26,25 @@ def top_k(spec: SweepSpec, rows: list[dict[str, Any]], k: int) -> list[dict[str,
     return [r for r in ranked(spec, rows) if r["run_id"]][:k]
 
 
-def _test_sets(spec: SweepSpec, cache_dir: str) -> list[tuple[str, Any]]:
+def set_label(entry: str) -> str:
+    """Short name of a data entry: ``generated:ivif:test`` -> ``ivif-test``, a folder's name."""
+    if entry.startswith("generated:"):
+        return entry.split(":", 1)[1].replace(":", "-")
+    return Path(entry).name
+
+
+def _test_sets(spec: SweepSpec, cache_dir: str) -> tuple[str, list[tuple[str, Any]]]:
+    """(split, [(label, pair set)]): split ``test`` or ``validation``."""
     from orchestrator.train import resolve_set
 
-    run = spec.run
-    entries = spec.tune.test_data or [run.data.val or run.data.train]
-    out = []
-    for entry in entries:
-        pair_set = resolve_set(run, entry, Path(cache_dir))
-        label = entry.split(":", 1)[1] if entry.startswith("generated:") else Path(entry).name
-        out.append((label, pair_set))
-    return out
+    split, entries = evaluation_sets(spec)
+    return split, [(set_label(e), resolve_set(spec.run, e, Path(cache_dir))) for e in entries]
 
 
 def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | None = None,
                metrics: str = "all") -> list[dict[str, Any]]:
-    """Evaluate ``tune.final_eval_top_k`` trials; returns one row per (trial, test set)."""
+    """Evaluate ``tune.final_eval_top_k`` trials; returns one row per (trial, set), each with
+    its ``split`` (``test`` or ``validation``)."""
     from mlflow.tracking import MlflowClient
 
     from fusion_models.metrics import get_convention, resolve_metric_names
@@ -52,7 +60,8 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
     client = MlflowClient(outcome.tracking_uri)
     names = resolve_metric_names(metrics)
     rows: list[dict[str, Any]] = []
-    for label, pair_set in _test_sets(spec, cache_dir):
+    split, sets = _test_sets(spec, cache_dir)
+    for label, pair_set in sets:
         rule = colour_rule(spec.run, pair_set)
         items = plan_items(pair_set, None)
         for trial in best:
@@ -61,10 +70,10 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
             settings = make_settings(names, get_convention("cdd"), None, rule, "cpu",
                                      model=str(local))
             mean = evaluate_ray(items, settings, address=address).mean()
-            finite = {f"test/{label}/{m}": v for m, v in mean.items() if math.isfinite(v)}
+            finite = {f"{split}/{label}/{m}": v for m, v in mean.items() if math.isfinite(v)}
             client.log_batch(trial["run_id"], metrics=_metrics(finite))
             rows.append({"trial_id": trial["trial_id"], "run_id": trial["run_id"],
-                         "set": label, "pairs": len(items), **mean})
+                         "split": split, "set": label, "pairs": len(items), **mean})
     log_table(client, outcome.parent_run_id, rows, list(dict.fromkeys(k for r in rows for k in r)),
               outcome.path / "final_eval.csv")
     return rows

@@ -47,18 +47,27 @@ class ReportArgs:
     cache_dir: str = ".fusion_cache"
 
 
-def _test_set(record: SweepRecord, args: ReportArgs) -> tuple[str, Any]:
+def _test_set(record: SweepRecord, args: ReportArgs) -> tuple[str, str, Any]:
+    """(entry, split, first ``args.pairs`` pairs): ``--data``, else the sweep's evaluation
+    set; split ``test`` unless that set is the training (``training``) or validation
+    (``validation``) set."""
     import dataclasses
 
+    from orchestrator.search_space import evaluation_sets
     from orchestrator.train import resolve_set
 
     run = record.spec.run
-    entry = args.data or next(iter(record.spec.tune.test_data), None) or run.data.val \
-        or run.data.train
-    if args.data and not args.data.startswith("generated:"):
-        entry = str(Path(args.data).resolve())
+    if args.data:
+        entry = args.data if args.data.startswith("generated:") \
+            else str(Path(args.data).resolve())
+        roles = {run.set_key(run.data.train): "training", run.set_key(run.val_entry()):
+                 "validation"}
+        split = roles.get(run.set_key(entry), "test")
+    else:
+        split, entries = evaluation_sets(record.spec)
+        entry = entries[0]
     pair_set = resolve_set(run, entry, Path(args.cache_dir))
-    return entry, dataclasses.replace(pair_set, pairs=pair_set.pairs[: args.pairs])
+    return entry, split, dataclasses.replace(pair_set, pairs=pair_set.pairs[: args.pairs])
 
 
 def _methods(record: SweepRecord, ranked_rows: list[dict], args: ReportArgs, out: Path
@@ -205,7 +214,7 @@ def write_report(args: ReportArgs) -> Path:
     objective_metrics = [m.split("/", 1)[1] for m in spec.tune.metrics if m.startswith("val/")]
     metrics = list(dict.fromkeys([*args.metrics, *objective_metrics]))
     order = ranked(spec, record.trials)
-    entry, pair_set = _test_set(record, args)
+    entry, split, pair_set = _test_set(record, args)
     rule = colour_rule(spec.run, pair_set)
     out.mkdir(parents=True, exist_ok=True)
     methods, top = _methods(record, [r for r in order if r["run_id"]], args, out)
@@ -214,7 +223,8 @@ def write_report(args: ReportArgs) -> Path:
     table = metric_table(methods, metrics)
     sens = param_importances(spec, record.trials, seed=spec.tune.seed)
     context = {
-        "record": record, "spec": spec, "test_set": entry, "n_pairs": len(pair_set.pairs),
+        "record": record, "spec": spec, "test_set": entry, "split": split,
+        "n_pairs": len(pair_set.pairs),
         "colour_rule": rule, "table": table, "grid": image_grid(methods, pair_set,
                                                                 args.grid_pairs),
         "figures": _figures(record, top, sens), "marginals": _marginals(record, metrics),

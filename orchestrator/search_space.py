@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fusion_models.data.synthetic import parse_generated
 from fusion_models.registry import get_model_class
-from orchestrator.config import RunSpec, load_spec_and_extras, read_yaml
+from orchestrator.config import GENERATED, RunSpec, load_spec_and_extras, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,10 @@ class TuneSpec(_Strict):
 
     ``metric``/``mode``: one name (``val/Qabf``) or a list (multi-objective: Optuna keeps the
     Pareto front; ASHA and "best" use the first). ``final_eval_top_k``: best trials measured on
-    ``test_data`` (default: the validation set) after the sweep.
+    ``test_data`` after the sweep; empty: the ``test`` split of a generated training set
+    (photos no training or validation pair used), else the validation set, and then the
+    numbers are labelled validation, never test (see :func:`evaluation_sets`). A test set may
+    not be the training or validation set.
     """
 
     metric: str | list[str] = "val/Qabf"
@@ -257,9 +261,38 @@ def check_space(spec: SweepSpec) -> None:
                 raise KeyError(f"{where}: value {value!r} is invalid for {spec.run.model}: "
                                f"{err['msg']}") from None
         seen[key] = entry
+    _check_test_disjoint(spec)
     for metric in spec.tune.metrics:
         if not metric.startswith(("val/", "train/")):
             raise KeyError(f"tune.metric: {metric!r}: expected val/<metric> or train/<term>")
+
+
+def _check_test_disjoint(spec: SweepSpec) -> None:
+    run = spec.run
+    seen = {run.set_key(run.data.train): "data.train", run.set_key(run.val_entry()): "data.val"}
+    for entry in spec.tune.test_data:
+        try:
+            key = run.set_key(entry)
+        except ValueError as exc:
+            raise KeyError(f"tune.test_data: {exc}") from None
+        if key in seen:
+            raise KeyError(f"tune.test_data: {entry!r} is also {seen[key]}; test pairs must be "
+                           "disjoint from the training and validation pairs (leave test_data "
+                           "empty to measure on the validation set, labelled validation)")
+
+
+def evaluation_sets(spec: SweepSpec) -> tuple[str, list[str]]:
+    """Where the sweep's final evaluation and report measure: ``("test", entries)`` for
+    ``tune.test_data``, or the ``test`` split of a generated training set; otherwise
+    ``("validation", [the validation set])``: in-sample for checkpoint selection, so never
+    called test."""
+    run = spec.run
+    if spec.tune.test_data:
+        return "test", list(spec.tune.test_data)
+    if run.data.train.startswith(GENERATED):
+        kind, _ = parse_generated(run.data.train[len(GENERATED):])
+        return "test", [f"{GENERATED}{kind}:test"]
+    return "validation", [run.val_entry()]
 
 
 class SpaceSampler:

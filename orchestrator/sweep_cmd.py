@@ -31,7 +31,7 @@ def fuse_best(outcome, spec, cache_dir: str) -> str | None:
         log.warning("best checkpoint of run %s not available: %s", outcome.best["run_id"], exc)
         return None
     run = spec.run
-    pair_set = resolve_set(run, run.data.val or run.data.train, Path(cache_dir))
+    pair_set = resolve_set(run, run.val_entry(), Path(cache_dir))
     pair_set = dataclasses.replace(pair_set, pairs=pair_set.pairs[: run.data.val_pairs])
     model, _ = load_checkpoint(local, map_location="cpu")
     out = outcome.path / "best_fused"
@@ -77,7 +77,9 @@ def echo_outcome(outcome, spec) -> None:
         click.echo(f"  pareto: optuna trial {p['number']} {values} {p['params']}")
     metric = spec.tune.metrics[0].removeprefix("val/")
     for row in outcome.final_eval:
-        click.echo(f"  test {row['set']} ({row['pairs']} pairs) trial {row['trial_id']}: "
+        note = "" if row["split"] == "test" else ", no disjoint test set: in-sample"
+        click.echo(f"  {row['split']} {row['set']} ({row['pairs']} pairs{note}) trial "
+                   f"{row['trial_id']}: "
                    + "  ".join(f"{m} {row[m]:.4f}" for m in (metric, "SF", "AG", "VIF")
                                if m in row and math.isfinite(row[m])))
     if outcome.best_fused_dir:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from orchestrator.atomic import atomic_write
-from orchestrator.search_space import SweepSpec
+from orchestrator.search_space import SweepSpec, evaluation_sets
 from orchestrator.sensitivity import param_importances
 from orchestrator.tracking import child_runs, ensure_experiment, mlflow_client
 
@@ -66,9 +66,13 @@ def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
     data = spec.run.data
     tags = {"sweep_name": name, "model": spec.run.model, "git_sha": git_sha(),
             "spec": spec.source, "kind": "sweep"}
-    for role, value in (("train", data.train), ("val", data.val or data.train)):
+    split, final_sets = evaluation_sets(spec)
+    roles = [("train", data.train), ("val", spec.run.val_entry())]
+    roles += [(f"test{i or ''}", v) for i, v in enumerate(final_sets)] if split == "test" else []
+    for role, value in roles:
         tags[f"data.{role}"] = value
         tags[f"data.{role}.sha256"] = data_digest(value, spec)
+    tags["final_eval.split"] = split
     run = client.create_run(exp_id, run_name=name, tags=tags)
     resolved = spec.model_dump(mode="json")
     client.log_text(run.info.run_id, yaml.safe_dump(resolved, sort_keys=False), "sweep.yaml")

@@ -82,7 +82,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_set(spec: RunSpec, value: str, cache_dir: Path) -> PairSet:
-    """A data entry of the spec: a set folder or ``generated:<kind>`` (cached)."""
+    """A data entry of the spec: a set folder or ``generated:<kind>[:<split>]`` (cached)."""
     if value.startswith("generated:"):
         return generated_set(value.split(":", 1)[1], cache_dir / "generated")
     return open_pair_set(spec.resolve_path(value), task=spec.data.task)
@@ -211,7 +211,7 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, rank: int = 0,
                              " must be 1)")
         sync_gradients(model, world_size)
     train_set = resolve_set(spec, spec.data.train, cache_dir)
-    val_set = resolve_set(spec, spec.data.val or spec.data.train, cache_dir)
+    val_set = resolve_set(spec, spec.val_entry(), cache_dir)
     val_pairs = load_val_pairs(val_set, colour_rule(spec, val_set), spec.data.val_pairs)
     loader = _loader(spec, model, train_set, cache_dir, generator)
     cap = spec.train.max_steps_per_epoch

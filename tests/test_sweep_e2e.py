@@ -46,7 +46,12 @@ def test_ufgan_sweep_ray_train_promote_fuse_eval(ray_local, tmp_path, monkeypatc
         assert images, "a fused-sample grid per evaluation"
     best_id = parent.data.tags["best_run_id"]
     best = client.get_run(best_id)
-    assert 0.0 <= best.data.metrics["test/ivif/Qabf"] <= 1.0  # the top-1 Ray Data evaluation
+    # the top-1 Ray Data evaluation, on the generated test split (photos no trial saw)
+    assert 0.0 <= best.data.metrics["test/ivif-test/Qabf"] <= 1.0
+    assert not any(k.startswith(("test/ivif/", "validation/")) for k in best.data.metrics)
+    assert "  test ivif-test (8 pairs) trial " in out
+    assert parent.data.tags["final_eval.split"] == "test"
+    assert parent.data.tags["data.test"] == "generated:ivif:test"
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "summary.json", "final_eval.csv", "sweep.yaml"} <= parent_arts
     fused_best = tmp_path / "ray_results" / "e2e" / "best_fused"

@@ -35,6 +35,25 @@ def test_every_committed_yaml_is_a_valid_sweep(name):
     assert load_spec(REPO / "search_spaces" / f"{name}.yaml").model == name
 
 
+def test_final_evaluation_is_test_only_on_pairs_no_trial_saw(tmp_path):
+    """Generated training data -> the generated test split (labelled test); a folder with no
+    tune.test_data -> the validation set, labelled validation (never test)."""
+    from orchestrator.search_space import evaluation_sets
+
+    ufgan = load_sweep(REPO / "search_spaces" / "ufgan.yaml")
+    assert ufgan.run.val_entry() == "generated:ivif:val"
+    assert evaluation_sets(ufgan) == ("test", ["generated:ivif:test"])
+    default = load_sweep(_write(tmp_path, {"model": "pmgi", "data": {"train": "generated:mff"}}))
+    assert default.run.val_entry() == "generated:mff:val"
+    assert evaluation_sets(default) == ("test", ["generated:mff:test"])
+    (tmp_path / "set").mkdir()
+    folder = load_sweep(_write(tmp_path, {"model": "pmgi", "data": {"train": "set"}}))
+    assert evaluation_sets(folder) == ("validation", ["set"])
+    given = load_sweep(_write(tmp_path, {"model": "pmgi", "data": {"train": "set"},
+                                         "tune": {"test_data": ["generated:ivif:test"]}}))
+    assert evaluation_sets(given) == ("test", ["generated:ivif:test"])
+
+
 def test_numbers_like_1e4_and_overrides(tmp_path):
     path = _write(tmp_path, {"model": "pmgi", "space": {
         "lr_g": {"type": "loguniform", "low": "1e-5", "high": "1e-3"}},
@@ -66,6 +85,12 @@ def test_numbers_like_1e4_and_overrides(tmp_path):
     ({"tune": {"num_samplez": 3}}, "num_samplez"),
     ({"resources": {"workers": -1}}, "workers"),
     ({"spaces": {}}, "unknown top-level key(s) ['spaces']"),
+    ({"tune": {"test_data": ["generated:ivif"]}},
+     "tune.test_data: 'generated:ivif' is also data.train; test pairs must be disjoint"),
+    ({"tune": {"test_data": ["generated:ivif:val"]}}, "'generated:ivif:val' is also data.val"),
+    ({"data": {"train": "generated:ivif", "val": "generated:ivif:test"},
+      "tune": {"test_data": ["generated:ivif:test"]}}, "is also data.val"),
+    ({"tune": {"test_data": ["generated:ivif:holdout"]}}, "unknown split 'holdout'"),
 ])
 def test_bad_yaml_is_one_clear_error_naming_file_and_key(tmp_path, body, expected):
     path = _write(tmp_path, {"model": "pmgi", **body})
