@@ -51,8 +51,7 @@ class TinyFuse(FusionModel):
         self.optimizers["g"].step()
         return {"loss_g": loss.detach()}
 
-    @torch.no_grad()
-    def fuse(self, a: Tensor, b: Tensor) -> Tensor:
+    def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
         x = torch.cat([self.to_input_scale(a), self.to_input_scale(b)], dim=1)
         return self.from_input_scale(self.net(x))
 
