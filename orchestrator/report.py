@@ -25,8 +25,9 @@ from typing import Any
 
 from fusion_models.metrics import REPORT_METRICS
 from orchestrator.atomic import atomic_open, atomic_write
-from orchestrator.report_data import SweepRecord, curves, load_record, run_url
+from orchestrator.report_data import SweepRecord, curves, load_record
 from orchestrator.report_images import Method, evaluate_method, image_grid, metric_table
+from orchestrator.tracking import runs_url
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _methods(record: SweepRecord, ranked_rows: list[dict], args: ReportArgs, out
         top.append(row)
         methods.append(Method(f"trial_{row['trial_id']}", f"#{len(top)} trial {row['trial_id']}",
                               "trial", checkpoint=str(ckpt),
-                              link=run_url(args.ui_url, record.experiment_id, row["run_id"])))
+                              link=runs_url(args.ui_url, record.experiment_id, row["run_id"])))
     return methods, top
 
 
@@ -148,7 +149,7 @@ def _trial_rows(record: SweepRecord, ranked_rows: list[dict], ui_url: str
         rows.append({
             "rank": order.get(r["trial_id"], ""), "trial_id": r["trial_id"],
             "status": r["status"], "epoch": r.get("epoch", ""), "error": r.get("error", ""),
-            "link": run_url(ui_url, record.experiment_id, r["run_id"]) if r["run_id"] else None,
+            "link": runs_url(ui_url, record.experiment_id, r["run_id"]) if r["run_id"] else None,
             "objectives": [_fmt(r.get(m)) for m in record.spec.tune.metrics],
             "params": trial_params(record.spec, r),
             "degenerate": degenerate if math.isfinite(degenerate) and degenerate > 0 else 0.0})
@@ -230,7 +231,7 @@ def write_report(args: ReportArgs) -> Path:
         "figures": _figures(record, top, sens), "marginals": _marginals(record, metrics),
         "sens": sens, "trials": _trial_rows(
             record, order, args.ui_url), "seed_stats": record.seed_stats, "fmt": _fmt,
-        "parent_link": run_url(args.ui_url, record.experiment_id, record.parent_run_id),
+        "parent_link": runs_url(args.ui_url, record.experiment_id, record.parent_run_id),
         "ui_url": args.ui_url, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_files(out, render(context), sens, table, methods)
     _log(record, out, args.ui_url)

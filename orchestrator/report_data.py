@@ -139,8 +139,3 @@ def with_run_metrics(tracking_uri: str, parent_run_id: str, rows: list[dict[str,
         extra = {k: float(v) for k, v in metrics.items() if k.startswith(prefix) and k not in row}
         out.append({**row, **extra})
     return out
-
-
-def run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

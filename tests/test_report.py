@@ -148,7 +148,8 @@ def test_report_renders_in_headless_chromium(swept):
     grid = image_stats(result.shots["#image-grid"])
     assert grid["height"] > 400 and grid["std"] > 20 and grid["colours"] > 200, grid
     run_ids = {r["run_id"] for r in out.trials}
-    linked = {m.group(1) for link in v["links"] if (m := re.search(r"/runs/(\w+)$", link))}
+    linked = {m.group(1) for link in v["links"]
+              if (m := re.search(r"/runs/(\w+)\?workflowType=machine_learning$", link))}
     assert run_ids <= linked and out.parent_run_id in linked
 
 
@@ -181,8 +182,8 @@ def test_ui_serves_the_report_and_the_runs_it_links(swept):
         with urllib.request.urlopen(url, timeout=30) as res:
             assert res.read() == swept["page"].read_bytes()
         page = swept["page"].read_text()
-        links = set(re.findall(r'href="(http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs/(\w+))"',
-                               page))
+        links = set(re.findall(r'href="(http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs/(\w+))'
+                               r'\?workflowType=machine_learning"', page))
         assert len(links) >= len(out.trials) + 1
         for _, exp_id, run_id in links:
             api = f"{base}/ajax-api/2.0/mlflow/runs/get?run_id={run_id}"
