@@ -23,6 +23,14 @@ from fusion_models.registry import get_model_class
 
 GENERATED = "generated:"
 
+
+def generated_split(entry: str, split: str) -> str | None:
+    """``generated:<kind>[:<split>]`` -> ``generated:<kind>:<split>``; None for a folder."""
+    if not entry.startswith(GENERATED):
+        return None
+    kind, _ = parse_generated(entry[len(GENERATED):])
+    return f"{GENERATED}{kind}:{split}"
+
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
@@ -106,12 +114,7 @@ class RunSpec(_Strict):
     def val_entry(self) -> str:
         """The validation set: ``data.val``; else a generated training set's ``val`` split
         (other crops, never the training pairs); else the training set."""
-        if self.data.val:
-            return self.data.val
-        if self.data.train.startswith(GENERATED):
-            kind, _ = parse_generated(self.data.train[len(GENERATED):])
-            return f"{GENERATED}{kind}:val"
-        return self.data.train
+        return self.data.val or generated_split(self.data.train, "val") or self.data.train
 
     def set_key(self, value: str) -> tuple[str, str]:
         """Identity of a data entry: (kind, split) of a generated set, else the resolved path
@@ -120,9 +123,18 @@ class RunSpec(_Strict):
             return parse_generated(value[len(GENERATED):])
         return ("folder", self.resolve_path(value))
 
+    def in_sample_role(self, entry: str) -> str | None:
+        """``data.val`` or ``data.train`` when ``entry`` is that set (validation checked
+        first), else None. Raises ValueError for an unknown generated kind or split."""
+        key = self.set_key(entry)
+        for role, value in (("data.val", self.val_entry()), ("data.train", self.data.train)):
+            if self.set_key(value) == key:
+                return role
+        return None
+
     def resolve_path(self, value: str) -> str:
         """A data entry as given (``generated:...``) or resolved against ``base_dir``."""
-        if value.startswith("generated:"):
+        if value.startswith(GENERATED):
             return value
         return str((Path(self.base_dir) / value).resolve())
 
@@ -220,7 +232,7 @@ def load_spec_and_extras(path: str | Path, overrides: list[str] | tuple[str, ...
         items += [parse_override(o) for o in overrides]
         for keys, value in items:
             if keys in (["data", "train"], ["data", "val"]) and isinstance(value, str) \
-                    and not value.startswith("generated:"):
+                    and not value.startswith(GENERATED):
                 value = str(Path(value).resolve())  # typed paths are relative to the CWD
             apply_override(raw, keys, value, fields)
         raw.setdefault("base_dir", str(path.resolve().parent))

@@ -14,6 +14,7 @@ from fusion_models.baselines import BASELINES
 from fusion_models.data import DataError, PairSet, default_rule, generated_set, open_pair_set
 from fusion_models.metrics import get_convention, resolve_metric_names
 from orchestrator.atomic import atomic_write
+from orchestrator.config import GENERATED
 from orchestrator.evaluate import (
     EvalItem,
     EvalReport,
@@ -24,7 +25,6 @@ from orchestrator.evaluate import (
 )
 
 log = logging.getLogger(__name__)
-GENERATED_PREFIX = "generated:"
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def cache_dir() -> Path:
 def resolve_pair_set(data: str | None, a_dir: str | None, b_dir: str | None,
                      task: str | None) -> PairSet:
     """A set folder, explicit --a/--b folders, or ``generated:ivif`` / ``generated:mff``."""
-    if data and data.startswith(GENERATED_PREFIX):
-        return generated_set(data[len(GENERATED_PREFIX):], cache_dir() / "generated")
+    if data and data.startswith(GENERATED):
+        return generated_set(data[len(GENERATED):], cache_dir() / "generated")
     if data is None and not (a_dir and b_dir):
         raise click.UsageError("give --data SET_DIR, or both --a DIR and --b DIR")
     return open_pair_set(data, a_dir=a_dir, b_dir=b_dir, task=task)

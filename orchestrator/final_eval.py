@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import GENERATED
 from orchestrator.search_space import SweepSpec, evaluation_sets
 from orchestrator.sweep_record import log_table, ranked
 
@@ -28,8 +29,8 @@ def top_k(spec: SweepSpec, rows: list[dict[str, Any]], k: int) -> list[dict[str,
 
 def set_label(entry: str) -> str:
     """Short name of a data entry: ``generated:ivif:test`` -> ``ivif-test``, a folder's name."""
-    if entry.startswith("generated:"):
-        return entry.split(":", 1)[1].replace(":", "-")
+    if entry.startswith(GENERATED):
+        return entry[len(GENERATED):].replace(":", "-")
     return Path(entry).name
 
 

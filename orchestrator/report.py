@@ -54,16 +54,15 @@ def _test_set(record: SweepRecord, args: ReportArgs) -> tuple[str, str, Any]:
     (``validation``) set."""
     import dataclasses
 
+    from orchestrator.config import GENERATED
     from orchestrator.search_space import evaluation_sets
     from orchestrator.train import resolve_set
 
     run = record.spec.run
     if args.data:
-        entry = args.data if args.data.startswith("generated:") \
-            else str(Path(args.data).resolve())
-        roles = {run.set_key(run.data.train): "training", run.set_key(run.val_entry()):
-                 "validation"}
-        split = roles.get(run.set_key(entry), "test")
+        entry = args.data if args.data.startswith(GENERATED) else str(Path(args.data).resolve())
+        split = {"data.train": "training", "data.val": "validation"}.get(
+            run.in_sample_role(entry), "test")
     else:
         split, entries = evaluation_sets(record.spec)
         entry = entries[0]

@@ -22,9 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fusion_models.data.synthetic import parse_generated
 from fusion_models.registry import get_model_class
-from orchestrator.config import GENERATED, RunSpec, load_spec_and_extras, read_yaml
+from orchestrator.config import RunSpec, generated_split, load_spec_and_extras, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -268,15 +267,13 @@ def check_space(spec: SweepSpec) -> None:
 
 
 def _check_test_disjoint(spec: SweepSpec) -> None:
-    run = spec.run
-    seen = {run.set_key(run.data.train): "data.train", run.set_key(run.val_entry()): "data.val"}
     for entry in spec.tune.test_data:
         try:
-            key = run.set_key(entry)
+            role = spec.run.in_sample_role(entry)
         except ValueError as exc:
             raise KeyError(f"tune.test_data: {exc}") from None
-        if key in seen:
-            raise KeyError(f"tune.test_data: {entry!r} is also {seen[key]}; test pairs must be "
+        if role:
+            raise KeyError(f"tune.test_data: {entry!r} is also {role}; test pairs must be "
                            "disjoint from the training and validation pairs (leave test_data "
                            "empty to measure on the validation set, labelled validation)")
 
@@ -289,10 +286,8 @@ def evaluation_sets(spec: SweepSpec) -> tuple[str, list[str]]:
     run = spec.run
     if spec.tune.test_data:
         return "test", list(spec.tune.test_data)
-    if run.data.train.startswith(GENERATED):
-        kind, _ = parse_generated(run.data.train[len(GENERATED):])
-        return "test", [f"{GENERATED}{kind}:test"]
-    return "validation", [run.val_entry()]
+    test = generated_split(run.data.train, "test")
+    return ("test", [test]) if test else ("validation", [run.val_entry()])
 
 
 class SpaceSampler:

@@ -43,6 +43,8 @@ def test_final_evaluation_is_test_only_on_pairs_no_trial_saw(tmp_path):
     ufgan = load_sweep(REPO / "search_spaces" / "ufgan.yaml")
     assert ufgan.run.val_entry() == "generated:ivif:val"
     assert evaluation_sets(ufgan) == ("test", ["generated:ivif:test"])
+    assert [ufgan.run.in_sample_role(f"generated:ivif{x}") for x in ("", ":train", ":val", ":test")
+            ] == ["data.train", "data.train", "data.val", None]
     default = load_sweep(_write(tmp_path, {"model": "pmgi", "data": {"train": "generated:mff"}}))
     assert default.run.val_entry() == "generated:mff:val"
     assert evaluation_sets(default) == ("test", ["generated:mff:test"])
