@@ -26,7 +26,11 @@ def main(verbose: int) -> None:
 @click.option("--fused", "fused_dir", type=click.Path(), help="Folder of fused images (by stem).")
 @click.option("--method", help="Fuse with a baseline first: average|max_abs|laplacian|gff|all.")
 @click.option("--model", help="Fuse with a trained model first: a checkpoint path, "
-              "models:/fusion-<model>@<alias>, models:/NAME/VERSION or runs:/RUN_ID.")
+              "models:/fusion-<model>@<alias>, models:/NAME/VERSION, runs:/RUN_ID or "
+              "pretrained:NAME.")
+@click.option("--reference", "references", multiple=True, metavar="REF",
+              help="Also measure this checkpoint as a reference row (repeatable), e.g. the "
+              "authors' released model pretrained:pmgi/ir_vi; goes with --method/--model.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
               help="MLflow store for --model URIs (default sqlite:///mlflow.db here).")
 @click.option("--metrics", default="all", show_default=True, help="Comma-separated names.")
@@ -225,6 +229,45 @@ def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a:
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {len(written)} fused image(s) to {Path(written[0]).parent}")
+
+
+@main.command("import-weights")
+@click.argument("src", type=click.Path(exists=True))
+@click.option("--all", "import_everything", is_flag=True,
+              help="SRC is a release folder (../shared/weights layout): import every known "
+              "bundle in it into the pretrained folder.")
+@click.option("--release", help="Catalogue name of the bundle SRC (e.g. pmgi/ir_vi).")
+@click.option("--model", help="Model of a bundle not in the catalogue: mffgan|pmgi.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config field for --model (e.g. task=ivif).")
+@click.option("--out", "out", type=click.Path(),
+              help="Checkpoint file (default for --release/--all: the pretrained folder).")
+def import_weights_command(src: str, import_everything: bool, release: str | None,
+                           model: str | None, overrides: tuple[str, ...], out: str | None
+                           ) -> None:
+    """Import the authors' TF1 checkpoint(s) SRC (tensor bundle: .index + .data-*).
+
+    The result is one of our checkpoints (torch.load(weights_only=True)), usable as
+    pretrained:NAME in fuse, eval, train and sweep (fixed: {init: pretrained:NAME}).
+    """
+    from fusion_models.pretrained.tf_bundle import TFBundleError
+    from orchestrator.eval_cmd import _parse_options
+    from orchestrator.import_cmd import import_all, import_one
+
+    try:
+        if import_everything:
+            if release or model or overrides:
+                raise ValueError("--all imports the catalogue's bundles as they are; "
+                                 "drop --release/--model/--set")
+            done = import_all(src, out)
+        else:
+            done = [import_one(src, release, model, _parse_options(overrides), out)]
+    except (TFBundleError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise click.ClickException(str(message)) from exc
+    for item in done:
+        click.echo(f"{item.name}: {item.path}  ({item.variables} variables, "
+                   f"{item.seconds:.2f} s)  sha256 {item.sha256}")
 
 
 @main.command("ui")

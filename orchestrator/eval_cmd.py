@@ -51,6 +51,7 @@ class EvalArgs:
     quiet: bool
     model: str | None = None
     tracking_uri: str | None = None
+    references: tuple[str, ...] = ()
 
 
 def cache_dir() -> Path:
@@ -114,14 +115,38 @@ def _evaluate(items: list[EvalItem], settings: EvalSettings, args: EvalArgs) -> 
 
 
 def run(args: EvalArgs) -> dict[str, EvalReport]:
-    """Run ``orchestrator eval``; returns the report of each method (None: ``--fused``)."""
-    if sum(x is not None for x in (args.fused_dir, args.method, args.model)) != 1:
-        raise click.UsageError("give exactly one of --fused DIR, --method NAME or --model REF")
+    """Run ``orchestrator eval``; returns the report of each row: ``model``, each reference
+    (labelled by its ref, e.g. ``pretrained:pmgi/ir_vi``), each baseline, or ``fused``."""
+    fusing = args.method is not None or args.model is not None or bool(args.references)
+    if (args.fused_dir is not None) == fusing:
+        raise click.UsageError("give --fused DIR, or any of --method NAME, --model REF and "
+                               "--reference REF")
     try:
         return _run(args)
     except (DataError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise click.ClickException(str(message)) from exc
+
+
+def _checkpoint_rows(args: EvalArgs) -> list[tuple[str, str]]:
+    """(label, checkpoint ref) of ``--model`` and every ``--reference``, in that order."""
+    rows = [("model", args.model)] if args.model else []
+    rows += [(ref, ref) for ref in args.references]
+    labels = [label for label, _ in rows]
+    if len(set(labels)) != len(labels):
+        raise click.BadParameter(f"a checkpoint is given twice: {labels}",
+                                 param_hint="--reference")
+    return rows
+
+
+def _out(args: EvalArgs, label: str, alone: bool) -> str | None:
+    """Where a row's fused PNGs go: ``--out`` itself for a lone ``--model``, else a sub-folder
+    named after the row (``pretrained:pmgi/ir_vi`` -> ``pretrained-pmgi-ir_vi``)."""
+    if not args.out_dir:
+        return None
+    if alone and label == "model":
+        return args.out_dir
+    return str(Path(args.out_dir) / label.replace(":", "-").replace("/", "-"))
 
 
 def _run(args: EvalArgs) -> dict[str, EvalReport]:
@@ -134,20 +159,23 @@ def _run(args: EvalArgs) -> dict[str, EvalReport]:
     task = args.task or pair_set.task
     rule = default_rule(task) if args.colour_rule == "auto" else args.colour_rule
     reports: dict[str, EvalReport] = {}
-    if args.model:
+    rows = _checkpoint_rows(args)
+    if rows:
         from orchestrator.promote import resolve_checkpoint
         from orchestrator.tracking import resolve_tracking_uri
 
-        local = resolve_checkpoint(args.model, resolve_tracking_uri(args.tracking_uri))
-        settings = make_settings(metric_names, conv, None, rule, args.device, args.out_dir,
-                                 model=str(local))
-        reports["model"] = _evaluate(items, settings, args)
-        _emit(reports, pair_set, args)
-        return reports
-    for method in _methods(args.method):
-        out = str(Path(args.out_dir) / method) if args.out_dir and method else None
-        settings = make_settings(metric_names, conv, method, rule, args.device, out)
-        reports[method or "fused"] = _evaluate(items, settings, args)
+        uri = resolve_tracking_uri(args.tracking_uri)
+        local = {label: resolve_checkpoint(ref, uri) for label, ref in rows}  # all, first
+        alone = len(rows) == 1 and args.method is None
+        for label, _ in rows:
+            settings = make_settings(metric_names, conv, None, rule, args.device,
+                                     _out(args, label, alone), model=str(local[label]))
+            reports[label] = _evaluate(items, settings, args)
+    if args.method is not None or not rows:
+        for method in _methods(args.method):
+            out = str(Path(args.out_dir) / method) if args.out_dir and method else None
+            settings = make_settings(metric_names, conv, method, rule, args.device, out)
+            reports[method or "fused"] = _evaluate(items, settings, args)
     _emit(reports, pair_set, args)
     return reports
 

@@ -21,7 +21,8 @@ from orchestrator.tracking import child_runs, mlflow_client, sha256_file
 log = logging.getLogger(__name__)
 CACHE_DIR = ".fusion_models"
 BEST = "checkpoints/best.pt"
-REF_FORMS = "a checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID[/PATH]"
+REF_FORMS = ("a checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID[/PATH] "
+             "or pretrained:NAME")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -176,11 +177,17 @@ def resolve_checkpoint(ref: str, tracking_uri: str, dst: Path | None = None) -> 
     """A local checkpoint file for ``ref`` (see :data:`REF_FORMS`), verified by sha256.
 
     ``models:/`` and ``runs:/`` refs are downloaded into ``dst`` (default ``./.fusion_models``)
-    and checked against the model version's ``sha256`` tag or the run's ``best_sha256`` tag.
+    and checked against the model version's ``sha256`` tag or the run's ``best_sha256`` tag;
+    ``pretrained:NAME`` is an imported released checkpoint (``orchestrator import-weights``),
+    checked against its ``.sha256`` file.
 
     Raises:
         ValueError: a missing local file, an unknown model/run/alias, or a digest mismatch.
     """
+    if ref.startswith("pretrained:"):
+        from orchestrator.import_cmd import resolve_pretrained
+
+        return resolve_pretrained(ref)
     if not ref.startswith(("models:/", "runs:/")):
         path = Path(ref)
         if not path.is_file():

@@ -31,7 +31,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from fusion_models.data.patches import PatchSpec
 
 Scale = Literal["pm1", "unit", "raw"]
-BNStats = Literal["running", "image"]
+#: the epsilon the TF1 repos' ``contrib.layers.batch_norm(epsilon=1e-5)`` really ran with: it
+#: took the fused kernel, and ``tf.nn.fused_batch_norm`` raises any epsilon below 1.001e-5 to
+#: 1.001e-5 (a cuDNN limit) on every device
+TF1_BN_EPS = 1.001e-5
+BNStats = Literal["running", "image", "image_fresh"]
 DNorm = Literal["batch", "layer", "none"]
 
 
@@ -98,6 +102,13 @@ def _per_image_bn(bn: _BatchNorm, inputs: tuple[Tensor, ...], _: Tensor) -> Tens
     return F.instance_norm(x.float(), weight=bn.weight, bias=bn.bias, eps=bn.eps).to(x.dtype)
 
 
+def _per_image_fresh_bn(bn: _BatchNorm, inputs: tuple[Tensor, ...], _: Tensor) -> Tensor:
+    """As :func:`_per_image_bn` with a freshly created BN's affine (weight 1, bias 0): the
+    authors' PMGI test graphs rebuild BN and never load its trained variables (models.md §5.4)."""
+    x = inputs[0]
+    return F.instance_norm(x.float(), eps=bn.eps).to(x.dtype)
+
+
 @contextmanager
 def eval_context(net: nn.Module, bn: BNStats = "running") -> Iterator[None]:
     """Inference mode for ``net``, restoring every module's train/eval flag afterwards.
@@ -106,12 +117,15 @@ def eval_context(net: nn.Module, bn: BNStats = "running") -> Iterator[None]:
     With ``bn="image"`` every BN layer instead normalises each sample with its own statistics
     (what the authors' TF test graphs did with one image per run, models.md §0.6), so outputs
     do not depend on what else is in the batch; running statistics stay untouched.
+    ``bn="image_fresh"`` does the same with weight 1 and bias 0 (a freshly built BN layer, as
+    PMGI's test_one_image.py, which loads only the conv variables).
     """
     modes = [(m, m.training) for m in net.modules()]
     hooks = []
     net.eval()
-    if bn == "image":
-        hooks = [m.register_forward_hook(_per_image_bn) for m in net.modules()
+    if bn != "running":
+        hook = _per_image_bn if bn == "image" else _per_image_fresh_bn
+        hooks = [m.register_forward_hook(hook) for m in net.modules()
                  if isinstance(m, _BatchNorm)]
     try:
         yield
@@ -120,6 +134,16 @@ def eval_context(net: nn.Module, bn: BNStats = "running") -> Iterator[None]:
             hook.remove()
         for m, mode in modes:
             m.training = mode
+
+
+def minmax_stretch(x: Tensor) -> Tensor:
+    """Each image of (B, C, H, W) stretched to [0, 1] over its own min and max (a flat image
+    stays as it is): what scipy.misc.imsave did to every float array the TF repos saved
+    (models.md §0.5), i.e. their published fused images."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / span.clamp_min(1e-12), x)
 
 
 class FusionModel(nn.Module):

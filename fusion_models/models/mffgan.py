@@ -30,7 +30,8 @@ Deliberate deviations from the authors' code:
 - The Gaussian is built from (``blur_size``, ``blur_sigma``) and rounded to ``blur_decimals``
   digits; the defaults (3, 1.5, 4) give exactly the code's constants 0.0947/0.1183/0.1478.
 - ``fuse`` returns [0, 1] clamped, with no per-image min-max stretch (§0.5: that stretch came
-  from scipy.misc.imsave and belongs to evaluation, not to the model).
+  from scipy.misc.imsave) unless ``output_stretch`` (set by the imported released checkpoints,
+  so their rows show the authors' published images).
 - ``adversarial`` also offers ``bce`` and ``wgan_gp`` (default ``lsgan``, the paper's). With
   ``wgan_gp`` the D's three BN layers become ``nn.GroupNorm(1, C)`` (layer norm, per sample;
   ``d_norm``, auto): a gradient penalty through batch statistics is ill-defined (Gulrajani et
@@ -49,10 +50,12 @@ from torch import Tensor, nn
 
 from fusion_models.data.patches import PatchSpec
 from fusion_models.models.base import (
+    TF1_BN_EPS,
     AdversarialConfig,
     DNorm,
     FusionConfig,
     FusionModel,
+    minmax_stretch,
     norm_layer,
     set_requires_grad,
 )
@@ -88,6 +91,10 @@ class Config(AdversarialConfig):
         patch: training window side; input and label are the same window (60). At least 31
             so the D's four valid stride-2 convs leave a map.
         stride: step between training windows (10).
+        output_stretch: stretch each fused image to [0, 1] over its own min/max, as the
+            authors' saved (published) images were by scipy.misc.imsave (§0.5); False = the
+            generator's output as it is (our default). The imported released checkpoints
+            set it, so their rows show the authors' published images.
     """
 
     w_adv: float = Field(1.0, ge=0)
@@ -109,6 +116,7 @@ class Config(AdversarialConfig):
     batch_size: int = Field(32, ge=1)
     patch: int = Field(60, ge=31)
     stride: int = Field(10, ge=1)
+    output_stretch: bool = False
 
 
 # -- adaptive decision block (§4.3) ------------------------------------------------------------
@@ -176,7 +184,8 @@ class TwoPathGenerator(nn.Module):
         channels: feature maps per conv (16).
         init_std: truncated-normal weight std (1e-3).
         batch_norm: BN after every conv but the last (PMGI) or none (MFF-GAN).
-        bn_momentum: PyTorch BN momentum (TF decay 0.9 -> 0.1, §0.7); eps 1e-5.
+        bn_momentum: PyTorch BN momentum (TF decay 0.9 -> 0.1, §0.7); eps 1.001e-5, what the
+            authors' ``batch_norm(epsilon=1e-5)`` ran with (:data:`TF1_BN_EPS`).
     """
 
     def __init__(self, in_channels: int = 1, channels: int = 16, init_std: float = 1e-3,
@@ -187,7 +196,7 @@ class TwoPathGenerator(nn.Module):
         def block(cin: int, k: int) -> nn.Sequential:
             conv = nn.Conv2d(cin, c, k, padding=k // 2)
             _init(conv, init_std)
-            norm = [nn.BatchNorm2d(c, eps=1e-5, momentum=bn_momentum)] if batch_norm else []
+            norm = [nn.BatchNorm2d(c, eps=TF1_BN_EPS, momentum=bn_momentum)] if batch_norm else []
             return nn.Sequential(conv, *norm, nn.LeakyReLU(0.2))
 
         def pair(cin: int, k: int) -> nn.ModuleList:
@@ -234,7 +243,7 @@ class GradientDiscriminator(nn.Module):
             _init(conv, init_std)
             layers.append(conv)
             if i > 0:
-                layers.append(norm_layer(norm, widths[i + 1], eps=1e-5, momentum=0.1))
+                layers.append(norm_layer(norm, widths[i + 1], eps=TF1_BN_EPS, momentum=0.1))
             layers.append(nn.LeakyReLU(0.2))
             side = (side - 3) // 2 + 1
         self.features = nn.Sequential(*layers)
@@ -330,4 +339,5 @@ class MFFGAN(FusionModel):
         """
         with self.autocast():
             out = self.generator(self.to_input_scale(a), self.to_input_scale(b))
-        return self.from_input_scale(out.float())
+        fused = self.from_input_scale(out.float())
+        return minmax_stretch(fused) if self.config.output_stretch else fused

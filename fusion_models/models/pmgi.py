@@ -7,8 +7,9 @@ Spec: models.md §5. Not adversarial: the authors' D code is commented out, so t
 no ``adversarial`` field.
 
 - Network (§5.1): :class:`~fusion_models.models.mffgan.TwoPathGenerator` (MFF-GAN's topology)
-  with 3-channel path inputs [A, A, B] and [B, B, A], BN (TF decay 0.9 -> momentum 0.1, §0.7,
-  eps 1e-5, affine) + LeakyReLU 0.2 after every conv but the last, 'SAME' convs, tanh.
+  with 3-channel path inputs [A, A, B] and [B, B, A], BN (TF decay 0.9 -> momentum 0.1, §0.7;
+  eps 1.001e-5, what TF1 ran for the code's 1e-5; affine) + LeakyReLU 0.2 after every conv but
+  the last, 'SAME' convs, tanh.
 - Loss (§5.2): L = w_content * [w_int_a*mse(F, A) + w_int_b*mse(F, B)
   + w_grad_a*mse(lap F, lap A) + w_grad_b*mse(lap F, lap B)], lap = 4-neighbour Laplacian with
   zero 'SAME' padding, w_content = 100.
@@ -24,12 +25,15 @@ Deliberate deviations from the authors' code:
 - BN at inference: the authors' test graphs run BN with each test image's own statistics
   (§0.6). We default to the running statistics (``bn_eval_stats="running"``): ``fuse`` is then
   deterministic and independent of the batch it is called with, and a validation score does not
-  depend on how images are batched. ``bn_eval_stats="image"`` reproduces the authors' behaviour
-  (each image of the batch is normalised with its own statistics, also deterministic and
-  independent of the batching; the base class's per-image BN, see ``inference_bn_stats``).
-- The pan-sharpening folder (and its single-source loss row) is not offered: the project's
-  tasks are ivif, medical, mef and mff.
-- ``fuse`` returns [0, 1] clamped, without the per-image min-max stretch of scipy imsave (§0.5).
+  depend on how images are batched. ``bn_eval_stats="image"`` normalises each image of the
+  batch with its own statistics (deterministic, independent of the batching; the base class's
+  per-image BN, see ``inference_bn_stats``) with the trained BN weight/bias;
+  ``"image_fresh"`` also drops those (weight 1, bias 0), which is exactly the authors' test
+  graph: their test_one_image.py rebuilds BN fresh and loads only the conv variables.
+- ``task="pan"`` is the Pan_shapening folder's network and loss (no BN, A = the "ir" input,
+  B = the "vi" input); its data layout and post-network histogram matching are not here yet.
+- ``fuse`` returns [0, 1] clamped, without the per-image min-max stretch of scipy imsave (§0.5)
+  unless ``output_stretch`` (set by the imported released checkpoints).
 - ``epochs`` is each main.py's training flag; the authors' test scripts then load an earlier
   checkpoint (e.g. IR_VI ``CGAN.model-1``, mff ``CGAN.model-1``, §5.3): checkpoint selection is
   the training loop's job (validation metric), not a model default.
@@ -46,17 +50,17 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from fusion_models.data.patches import PatchSpec
-from fusion_models.models.base import BNStats, FusionConfig, FusionModel
+from fusion_models.models.base import BNStats, FusionConfig, FusionModel, minmax_stretch
 from fusion_models.models.losses import laplacian4
 from fusion_models.models.mffgan import TwoPathGenerator
 
 logger = logging.getLogger(__name__)
 
-Task = Literal["ivif", "medical", "mef", "mff"]
+Task = Literal["ivif", "medical", "mef", "mff", "pan"]
 
 #: Per-task defaults (models.md §5.2 weight table, §5.3 training table). A = the code's "ir"
 #: input (infrared / PET intensity / exposure 1 / source 1), B = its "vi" input.
-PRESETS: dict[str, dict[str, float | int]] = {
+PRESETS: dict[str, dict[str, float | int | bool]] = {
     "ivif": {"w_int_a": 1.0, "w_int_b": 0.3, "w_grad_a": 4.0, "w_grad_b": 5.0,
              "patch": 132, "label": 120, "stride": 14, "epochs": 15},
     "medical": {"w_int_a": 1.0, "w_int_b": 1.0, "w_grad_a": 0.0, "w_grad_b": 300.0,
@@ -65,6 +69,9 @@ PRESETS: dict[str, dict[str, float | int]] = {
             "patch": 132, "label": 120, "stride": 14, "epochs": 30},
     "mff": {"w_int_a": 2.0, "w_int_b": 2.0, "w_grad_a": 3.0, "w_grad_b": 3.0,
             "patch": 72, "label": 60, "stride": 6, "epochs": 15},
+    # Pan_shapening/*/model.py: 100 * [mse(F, A) + 2 mse(lap F, lap B)], no BN anywhere
+    "pan": {"w_int_a": 1.0, "w_int_b": 0.0, "w_grad_a": 0.0, "w_grad_b": 2.0,
+            "patch": 80, "label": 80, "stride": 7, "epochs": 10, "batch_norm": False},
 }
 
 
@@ -73,7 +80,7 @@ class Config(FusionConfig):
 
     Attributes:
         task: which of the authors' task folders supplies the defaults (ivif, medical, mef,
-            mff); the declared defaults below are the ivif row.
+            mff, pan = Pan_shapening); the declared defaults below are the ivif row.
         w_content: overall factor of the loss (code: 100).
         w_int_a: beta_a, intensity weight of A (ivif 1, medical 1, mef 1.5, mff 2).
         w_int_b: beta_b, intensity weight of B (ivif 0.3, medical 1, mef 1.5, mff 2).
@@ -82,14 +89,23 @@ class Config(FusionConfig):
         lr_g: Adam learning rate of the network (1e-4).
         channels: feature maps per conv (16).
         init_std: std of the truncated-normal weight init, cut at 2 std (1e-3).
+        batch_norm: BN after every conv but the last (True; the authors' pansharpening
+            variant has none).
         bn_momentum: PyTorch BN momentum; TF decay 0.9 -> 0.1 (§0.7).
-        bn_eval_stats: BN statistics in eval mode: ``running`` (deterministic, our default) or
-            ``image`` (each image's own statistics, as the authors' test scripts, §0.6).
+        bn_eval_stats: BN statistics in eval mode: ``running`` (deterministic, our default),
+            ``image`` (each image's own statistics, §0.6) or ``image_fresh`` (each image's own
+            statistics with weight 1, bias 0: exactly the authors' test_one_image.py, which
+            rebuilds BN and loads only the conv variables, §5.4; the imported released
+            checkpoints use it).
         epochs: training epochs (ivif 15, medical 35, mef 30, mff 15).
         batch_size: patches per batch (32).
         patch: input window side (132; mff 72); only its centred label crop is used.
         label: side of the centred label crop the network is fed (120; mff 60).
         stride: step between training windows (14; mff 6).
+        output_stretch: stretch each fused image to [0, 1] over its own min/max, as the
+            authors' saved (published) images were by scipy.misc.imsave (§0.5); False = the
+            generator's output as it is (our default). The imported released checkpoints
+            set it, so their rows show the authors' published images.
     """
 
     task: Task = "ivif"
@@ -101,13 +117,15 @@ class Config(FusionConfig):
     lr_g: float = Field(1e-4, gt=0)
     channels: int = Field(16, ge=1)
     init_std: float = Field(1e-3, gt=0)
+    batch_norm: bool = True
     bn_momentum: float = Field(0.1, gt=0, le=1)
-    bn_eval_stats: Literal["running", "image"] = "running"
+    bn_eval_stats: BNStats = "running"
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(32, ge=1)
     patch: int = Field(132, ge=1)
     label: int = Field(120, ge=1)
     stride: int = Field(14, ge=1)
+    output_stretch: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -159,7 +177,7 @@ class PMGI(FusionModel):
         self.config: Config = config
         self.generator = TwoPathGenerator(
             in_channels=3, channels=config.channels, init_std=config.init_std,
-            batch_norm=True, bn_momentum=config.bn_momentum,
+            batch_norm=config.batch_norm, bn_momentum=config.bn_momentum,
         )
         self.optimizers = self.configure_optimizers()
 
@@ -203,7 +221,8 @@ class PMGI(FusionModel):
 
     def inference_bn_stats(self) -> BNStats:
         """``bn_eval_stats``: ``image`` = each image's own statistics (the authors' batch-of-one
-        test graph, §0.6), or the running statistics."""
+        test graph, §0.6), ``image_fresh`` = the same with weight 1, bias 0 (their test graph
+        exactly, §5.4), or the running statistics."""
         return self.config.bn_eval_stats
 
     def _fuse(self, a: Tensor, b: Tensor) -> Tensor:
@@ -218,4 +237,5 @@ class PMGI(FusionModel):
         xa, xb = self.to_input_scale(a), self.to_input_scale(b)
         with self.autocast():
             out = self(xa, xb)
-        return self.from_input_scale(out.float())
+        fused = self.from_input_scale(out.float())
+        return minmax_stretch(fused) if self.config.output_stretch else fused
