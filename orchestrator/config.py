@@ -22,6 +22,11 @@ from fusion_models.data.synthetic import parse_generated
 from fusion_models.registry import get_model_class
 
 GENERATED = "generated:"
+#: the one ``fixed``/``space`` key that is not a model parameter: the checkpoint the run's
+#: weights start from (fine-tuning): a path, ``pretrained:NAME``, ``runs:/ID`` or ``models:/``
+INIT_KEY = "init"
+INIT_FORMS = ("a checkpoint file, pretrained:NAME (orchestrator import-weights), runs:/RUN_ID or "
+              "models:/NAME@ALIAS; null = the model's own initialisation")
 
 
 def generated_split(entry: str, split: str) -> str | None:
@@ -91,7 +96,8 @@ class RunSpec(_Strict):
     Attributes:
         model: registry key.
         data: :class:`DataSpec`.
-        fixed: overrides of the model's Config defaults (validated against it).
+        fixed: overrides of the model's Config defaults (validated against it), and ``init``:
+            the checkpoint the weights start from (see :data:`INIT_FORMS`).
         train: :class:`TrainSettings`.
         base_dir: folder the YAML's relative paths resolve against.
     """
@@ -103,13 +109,17 @@ class RunSpec(_Strict):
     base_dir: str = "."
 
     def model_params(self) -> dict[str, Any]:
-        """``fixed``, plus ``task`` from ``data.task`` for models whose Config has a task
-        (PMGI's per-task loss presets) when ``fixed`` does not set it."""
-        params = dict(self.fixed)
+        """``fixed`` without ``init``, plus ``task`` from ``data.task`` for models whose Config
+        has a task (PMGI's per-task loss presets) when ``fixed`` does not set it."""
+        params = {k: v for k, v in self.fixed.items() if k != INIT_KEY}
         if self.data.task and "task" not in params \
                 and "task" in get_model_class(self.model).Config.model_fields:
             params["task"] = self.data.task
         return params
+
+    def init_ref(self) -> str | None:
+        """``fixed.init``: the checkpoint the weights start from, or None."""
+        return self.fixed.get(INIT_KEY) or None
 
     def val_entry(self) -> str:
         """The validation set: ``data.val``; else a generated training set's ``val`` split
@@ -227,7 +237,7 @@ def load_spec_and_extras(path: str | Path, overrides: list[str] | tuple[str, ...
     path = Path(path)
     raw = read_yaml(path)
     try:
-        fields = set(get_model_class(raw["model"]).Config.model_fields)
+        fields = set(get_model_class(raw["model"]).Config.model_fields) | {INIT_KEY}
         items = _smoke_items(raw, path) if smoke else []
         items += [parse_override(o) for o in overrides]
         for keys, value in items:
@@ -252,12 +262,19 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     return load_spec_and_extras(path, overrides, smoke)[0]
 
 
+def check_init(value: Any, where: str) -> None:
+    """``init`` is null or a non-empty string naming a checkpoint (:data:`INIT_FORMS`)."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise KeyError(f"{where}: expected {INIT_FORMS}, got {value!r}")
+
+
 def _check_fixed(spec: RunSpec, fields: set[str]) -> None:
     unknown = sorted(set(spec.fixed) - fields)
     if unknown:
         raise KeyError(f"fixed: unknown parameter(s) {unknown} for model {spec.model}; "
                        f"valid keys: {sorted(fields)}")
+    check_init(spec.fixed.get(INIT_KEY), f"fixed.{INIT_KEY}")
     try:
-        get_model_class(spec.model).Config(**spec.fixed)
+        get_model_class(spec.model).Config(**spec.model_params())
     except ValidationError as exc:
         raise KeyError(f"fixed: invalid value(s) for {spec.model}: {exc}") from None

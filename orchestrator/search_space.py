@@ -23,7 +23,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fusion_models.registry import get_model_class
-from orchestrator.config import RunSpec, generated_split, load_spec_and_extras, read_yaml
+from orchestrator.config import (
+    INIT_FORMS,
+    INIT_KEY,
+    RunSpec,
+    check_init,
+    generated_split,
+    load_spec_and_extras,
+    read_yaml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +239,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
 
 def check_space(spec: SweepSpec) -> None:
-    """Every space key is a model parameter not also in ``fixed``; every ``when`` names an
+    """Every space key is a model parameter (or ``init``, a choice) not also in ``fixed``;
+    every ``when`` names an
     earlier choice entry and one of its values; every range end / choice is a valid value."""
     config_cls = get_model_class(spec.run.model).Config
     fields = sorted(config_cls.model_fields)
@@ -239,6 +248,14 @@ def check_space(spec: SweepSpec) -> None:
     seen: dict[str, SpaceEntry] = {}
     for key, entry in spec.space.items():
         where = f"space.{key}"
+        if key == INIT_KEY:  # warm start vs cold start, searched like any choice
+            if entry.type != "choice" or key in spec.run.fixed:
+                raise KeyError(f"{where}: a choice of checkpoints ({INIT_FORMS}), not also "
+                               "in fixed")
+            for value in entry.values or []:
+                check_init(value, where)
+            seen[key] = entry
+            continue
         if key not in fields:
             raise KeyError(f"{where}: not a parameter of {spec.run.model}; valid keys: {fields}")
         if key in spec.run.fixed:

@@ -27,7 +27,7 @@ from fusion_models.data.colour import default_rule
 from fusion_models.data.patches import PatchStore
 from fusion_models.models.base import FusionModel
 from fusion_models.registry import build
-from orchestrator.config import RunSpec
+from orchestrator.config import INIT_FORMS, RunSpec
 from orchestrator.validation import evaluate_model, load_val_pairs, sample_grid
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,43 @@ def colour_rule(spec: RunSpec, pair_set: PairSet) -> str:
     return default_rule(spec.data.task or pair_set.task)
 
 
+def resolve_init(ref: str) -> Path:
+    """The local file of an ``init`` reference (see :data:`orchestrator.config.INIT_FORMS`);
+    ``runs:/`` and ``models:/`` are fetched from MLflow (imported only for those)."""
+    if ref.startswith(("runs:/", "models:/", "pretrained:")):
+        from orchestrator.promote import resolve_checkpoint
+        from orchestrator.tracking import resolve_tracking_uri
+
+        return resolve_checkpoint(ref, resolve_tracking_uri(None))
+    if not Path(ref).is_file():
+        raise ValueError(f"fixed.init: {ref!r} is not a file ({INIT_FORMS})")
+    return Path(ref)
+
+
+def load_init(model: FusionModel, ref: str) -> None:
+    """Start ``model`` from the weights of checkpoint ``ref`` (not its optimiser state).
+
+    Raises:
+        ValueError: the checkpoint is of another model, or its tensors do not fit this
+            model's Config (the message names the keys).
+    """
+    ckpt = torch.load(resolve_init(ref), map_location="cpu", weights_only=True)
+    if ckpt.get("model") != model.name:
+        raise ValueError(f"fixed.init: {ref} is a {ckpt.get('model')!r} checkpoint, this run "
+                         f"trains {model.name!r}")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"fixed.init: {ref} does not fit {model.name} with these "
+                         f"parameters: {exc}") from None
+    log.info("weights start from %s (epoch %s)", ref, ckpt.get("epoch"))
+
+
 def _make_model(spec: RunSpec, device: torch.device) -> FusionModel:
-    model = build(spec.model, spec.model_params()).to(device)
+    model = build(spec.model, spec.model_params())
+    if spec.init_ref():
+        load_init(model, spec.init_ref())
+    model = model.to(device)
     if device.type == "cuda":
         model.amp_dtype = torch.bfloat16
         model = model.to(memory_format=torch.channels_last)

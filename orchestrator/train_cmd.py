@@ -31,6 +31,8 @@ def run_params(spec: RunSpec) -> dict[str, str]:
     params = flatten("", config.model_dump(mode="json"))
     flatten("data", spec.data.model_dump(mode="json"), params)
     flatten("train", spec.train.model_dump(mode="json"), params)
+    if spec.init_ref():
+        params["init"] = str(spec.init_ref())
     return params
 
 
