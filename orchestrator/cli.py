@@ -148,9 +148,12 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
               help="MLflow tracking URI (default sqlite:///mlflow.db here).")
 @click.option("--cache-dir", type=click.Path(), default=None,
               help="Generated data (default FUSION_CACHE_DIR or ~/.cache).")
+@click.option("--reference", "references", multiple=True, metavar="REF",
+              help="Also compare this checkpoint (repeatable; adds to the YAML's "
+              "tune.references), e.g. the authors' model pretrained:pmgi/ir_vi.")
 def report_command(sweep: str, out_dir: str, top: int, data: str | None, pairs: int,
                    grid_pairs: int, metrics: str, ui_url: str, tracking_uri: str | None,
-                   cache_dir: str | None) -> None:
+                   cache_dir: str | None, references: tuple[str, ...]) -> None:
     """Write an HTML report of a finished sweep (SWEEP: name or parent run id)."""
     import os
 
@@ -163,7 +166,7 @@ def report_command(sweep: str, out_dir: str, top: int, data: str | None, pairs: 
     try:
         args = ReportArgs(sweep, out_dir, resolve_tracking_uri(tracking_uri), top, data, pairs,
                           grid_pairs, tuple(resolve_metric_names(metrics)), ui_url,
-                          cache_dir or str(default_cache()))
+                          cache_dir or str(default_cache()), references)
         page = write_report(args)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc

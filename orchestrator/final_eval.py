@@ -44,8 +44,9 @@ def _test_sets(spec: SweepSpec, cache_dir: str) -> tuple[str, list[tuple[str, An
 
 def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | None = None,
                metrics: str = "all") -> list[dict[str, Any]]:
-    """Evaluate ``tune.final_eval_top_k`` trials; returns one row per (trial, set), each with
-    its ``split`` (``test`` or ``validation``)."""
+    """Evaluate ``tune.final_eval_top_k`` trials and the ``tune.references`` checkpoints;
+    returns one row per (trial or reference, set), each with its ``split`` (``test`` or
+    ``validation``); reference rows have their ref as ``trial_id`` and no ``run_id``."""
     from mlflow.tracking import MlflowClient
 
     from fusion_models.metrics import get_convention, resolve_metric_names
@@ -62,9 +63,18 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
     names = resolve_metric_names(metrics)
     rows: list[dict[str, Any]] = []
     split, sets = _test_sets(spec, cache_dir)
+    refs = {ref: resolve_checkpoint(ref, outcome.tracking_uri,
+                                    dst=outcome.path / "final_eval" / "references")
+            for ref in spec.tune.references}
     for label, pair_set in sets:
         rule = colour_rule(spec.run, pair_set)
         items = plan_items(pair_set, None)
+        for ref, local in refs.items():  # the same pairs, the same settings; no child run
+            settings = make_settings(names, get_convention("cdd"), None, rule, "cpu",
+                                     model=str(local))
+            mean = evaluate_ray(items, settings, address=address).mean()
+            rows.append({"trial_id": ref, "run_id": "", "split": split, "set": label,
+                         "pairs": len(items), **mean})
         for trial in best:
             local = resolve_checkpoint(f"runs:/{trial['run_id']}", outcome.tracking_uri,
                                        dst=outcome.path / "final_eval" / trial["trial_id"])

@@ -46,6 +46,7 @@ class ReportArgs:
     metrics: tuple[str, ...] = REPORT_METRICS
     ui_url: str = "http://127.0.0.1:5000"
     cache_dir: str = ".fusion_cache"
+    references: tuple[str, ...] = ()
 
 
 def _test_set(record: SweepRecord, args: ReportArgs) -> tuple[str, str, Any]:
@@ -72,13 +73,18 @@ def _test_set(record: SweepRecord, args: ReportArgs) -> tuple[str, str, Any]:
 
 def _methods(record: SweepRecord, ranked_rows: list[dict], args: ReportArgs, out: Path
              ) -> tuple[list[Method], list[dict]]:
-    """Sources, baselines and the first ``args.top`` ranked trials whose best.pt downloads;
-    returns the methods and those trials' rows."""
+    """Sources, baselines, references (``tune.references`` then ``--reference``) and the first
+    ``args.top`` ranked trials whose best.pt downloads; returns the methods and those trials'
+    rows."""
     from fusion_models.baselines import BASELINES
     from orchestrator.promote import resolve_checkpoint
 
     methods = [Method("source_a", "source A", "source"), Method("source_b", "source B", "source")]
     methods += [Method(f"baseline_{n}", n, "baseline", method=n) for n in BASELINES]
+    refs = list(dict.fromkeys([*record.spec.tune.references, *args.references]))
+    for i, ref in enumerate(refs):
+        local = resolve_checkpoint(ref, record.tracking_uri, dst=out / "checkpoints" / "refs")
+        methods.append(Method(f"reference_{i}", ref, "reference", checkpoint=str(local)))
     top: list[dict] = []
     for row in ranked_rows:
         if len(top) == args.top:

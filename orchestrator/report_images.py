@@ -23,11 +23,11 @@ from orchestrator.evaluate import EvalItem, EvalReport, evaluate_local, make_set
 class Method:
     """One row of the comparison: a source, a baseline or a trial's best checkpoint."""
 
-    key: str  # file-safe: "source_a", "baseline_laplacian", "trial_<id>"
+    key: str  # file-safe: "source_a", "baseline_laplacian", "trial_<id>", "reference_<i>"
     label: str
-    kind: str  # "source" | "baseline" | "trial"
+    kind: str  # "source" | "baseline" | "reference" | "trial"
     method: str | None = None  # baseline name
-    checkpoint: str | None = None  # local best.pt of a trial
+    checkpoint: str | None = None  # local best.pt of a trial, or a reference's checkpoint
     link: str | None = None  # MLflow UI page of the trial's run
     report: EvalReport | None = None
     fused_dir: Path | None = None

@@ -141,7 +141,9 @@ class TuneSpec(_Strict):
     ``test_data`` after the sweep; empty: the ``test`` split of a generated training set
     (photos no training or validation pair used), else the validation set, and then the
     numbers are labelled validation, never test (see :func:`evaluation_sets`). A test set may
-    not be the training or validation set.
+    not be the training or validation set. ``references``: checkpoints measured beside the
+    trials on the same sets by the final evaluation and the report, e.g. the authors'
+    released model ``pretrained:pmgi/ir_vi`` (``orchestrator import-weights``).
     """
 
     metric: str | list[str] = "val/Qabf"
@@ -152,6 +154,7 @@ class TuneSpec(_Strict):
     scheduler: SchedulerSpec = SchedulerSpec()
     final_eval_top_k: int = Field(0, ge=0)
     test_data: list[str] = []
+    references: list[str] = []
     max_failures: int = Field(0, ge=0)
 
     @model_validator(mode="after")

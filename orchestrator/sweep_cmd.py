@@ -78,7 +78,8 @@ def echo_outcome(outcome, spec) -> None:
     metric = spec.tune.metrics[0].removeprefix("val/")
     for row in outcome.final_eval:
         note = "" if row["split"] == "test" else ", no disjoint test set: in-sample"
-        click.echo(f"  {row['split']} {row['set']} ({row['pairs']} pairs{note}) trial "
+        who = "trial" if row["run_id"] else "reference"
+        click.echo(f"  {row['split']} {row['set']} ({row['pairs']} pairs{note}) {who} "
                    f"{row['trial_id']}: "
                    + "  ".join(f"{m} {row[m]:.4f}" for m in (metric, "SF", "AG", "VIF")
                                if m in row and math.isfinite(row[m])))

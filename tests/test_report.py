@@ -19,12 +19,17 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
+from orchestrator.final_eval import final_eval
+from orchestrator.import_cmd import import_all
 from orchestrator.search_space import load_sweep
 from orchestrator.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "search_spaces" / "mffgan.yaml"
 SAMPLES, TOP, SEEDS = 4, 2, 2
+#: the authors' released MFF-GAN models: one from the YAML's tune.references (final evaluation
+#: and report), one from the report's --reference
+REFS = ["pretrained:mffgan/lytro", "pretrained:mffgan/mfi-whu"]
 OBJECTIVES = ["val/Qabf", "val/SF"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -37,22 +42,27 @@ def _cli(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, ray_local):
-    """A 4-trial two-objective MFF-GAN sweep, its 2 best configs re-seeded twice, a report."""
+def swept(tmp_path_factory, ray_local, shared_dir):
+    """A 4-trial two-objective MFF-GAN sweep (final evaluation of the best trial and the
+    authors' released Lytro model), its 2 best configs re-seeded twice, a report."""
     work = tmp_path_factory.mktemp("report")
     cache = str(tmp_path_factory.mktemp("report-cache"))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
+        mp.setenv("FUSION_PRETRAINED_DIR", str(work / "pretrained"))
+        import_all(shared_dir / "weights")
         spec = load_sweep(SPEC, ["tune.metric=[val/Qabf, val/SF]", "tune.mode=[max, max]",
-                                 "train.max_steps_per_epoch=8", "tune.final_eval_top_k=0"],
+                                 "train.max_steps_per_epoch=8", "tune.final_eval_top_k=1",
+                                 f"tune.references=[{REFS[0]}]"],
                           smoke=True, num_samples=SAMPLES)
         out = run_sweep(spec, name="mff-report", cache_dir=cache, verbose=0)
+        out.final_eval = final_eval(spec, out, cache)
         reseed = _cli("sweep", str(SPEC), "--reseed-best", str(TOP), "--seeds", str(SEEDS),
                       "--name", out.name, "--cache-dir", cache, "--quiet")
         port = free_port()
         report = _cli("report", out.name, "--out", str(work / "report"), "--top", str(TOP),
                       "--pairs", "3", "--grid-pairs", "2", "--ui-url", f"http://127.0.0.1:{port}",
-                      "--cache-dir", cache)
+                      "--cache-dir", cache, "--reference", REFS[1])
     return {"work": work, "out": out, "uri": out.tracking_uri, "port": port,
             "reseed_output": reseed, "report_output": report,
             "page": work / "report" / "index.html"}
@@ -114,7 +124,18 @@ def test_report_files_are_logged_on_the_parent_run(swept):
             assert set(per[kind]) <= set(spec.space) and len(per[kind]) >= 2
             assert sum(per[kind].values()) == pytest.approx(1.0)
     rows = (swept["page"].parent / "metrics.csv").read_text().splitlines()
-    assert rows[0].split(",")[:3] == ["method", "kind", "EN"] and len(rows) == 1 + 2 + 4 + TOP
+    assert rows[0].split(",")[:3] == ["method", "kind", "EN"]
+    assert len(rows) == 1 + 2 + 4 + len(REFS) + TOP
+    assert [r.split(",")[:2] for r in rows[7:9]] == [[ref, "reference"] for ref in REFS]
+
+
+def test_final_evaluation_measures_the_references_on_the_same_test_pairs(swept):
+    rows = swept["out"].final_eval
+    assert [(r["trial_id"], r["split"], r["set"]) for r in rows] == [
+        (REFS[0], "test", "mff-test"), (swept["out"].best["trial_id"], "test", "mff-test")]
+    ref, trial = rows
+    assert ref["run_id"] == "" and ref["pairs"] == trial["pairs"] == 8
+    assert 0.3 < ref["Qabf"] < 1.0  # the authors' trained model, not an untrained net
 
 
 def test_report_renders_in_headless_chromium(swept):
@@ -134,8 +155,9 @@ def test_report_renders_in_headless_chromium(swept):
     }, ["#image-grid", "#metric-table"])
     assert result.errors == [], result.errors
     v = result.values
-    assert v["metric_rows"] == 2 + 4 + TOP
-    assert v["kinds"] == ["source"] * 2 + ["baseline"] * 4 + ["trial"] * TOP
+    assert v["metric_rows"] == 2 + 4 + len(REFS) + TOP
+    assert v["kinds"] == (["source"] * 2 + ["baseline"] * 4 + ["reference"] * len(REFS)
+                          + ["trial"] * TOP)
     assert "SF ↑" in v["headers"] and "Qabf ↑" in v["headers"]
     assert v["best_cells"] >= 9, "each of the 9 metric columns has a best value"
     assert v["trial_rows"] == n_trials
@@ -144,7 +166,8 @@ def test_report_renders_in_headless_chromium(swept):
     assert {m for m, is_open in v["marginals"][2:] if not is_open} >= {"val/EN", "val/SSIM",
                                                                        "val/VIF"}
     assert all(w > 100 for _, w in v["figures"]), v["figures"]
-    assert len(v["grid_images"]) == 2 * 2 * (2 + 4 + TOP) and min(v["grid_images"]) > 50
+    assert len(v["grid_images"]) == 2 * 2 * (2 + 4 + len(REFS) + TOP)
+    assert min(v["grid_images"]) > 50
     grid = image_stats(result.shots["#image-grid"])
     assert grid["height"] > 400 and grid["std"] > 20 and grid["colours"] > 200, grid
     run_ids = {r["run_id"] for r in out.trials}
