@@ -144,7 +144,8 @@ def extract_patches(img: np.ndarray, spec: PatchSpec) -> tuple[np.ndarray, np.nd
     return inputs, inputs[:, o : o + n, o : o + n]
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file's bytes (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -180,8 +181,8 @@ class _Sources:
                     "name": p.name,
                     "a": str(p.path_a),
                     "b": str(p.path_b),
-                    "sha256_a": _sha256_file(p.path_a),
-                    "sha256_b": _sha256_file(p.path_b),
+                    "sha256_a": sha256_file(p.path_a),
+                    "sha256_b": sha256_file(p.path_b),
                 }
                 for p in source.pairs
             ]

@@ -14,7 +14,6 @@ sha256 digests, the release name, provenance and the TF variable -> parameter ta
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusion_models.data.patches import sha256_file
 from fusion_models.models.base import FusionModel
 from fusion_models.pretrained.released import CATALOGUE, Released, mffgan_map, pmgi_map
 from fusion_models.pretrained.tf_bundle import bundle_prefix, read_bundle
@@ -91,14 +91,6 @@ def match_names(tensors: dict[str, np.ndarray], model: FusionModel, where: str
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def import_bundle(src: str | Path, model_name: str, params: dict[str, object] | None = None,
                   epoch: int = 0, release: str | None = None) -> tuple[FusionModel, dict]:
     """Build ``model_name`` with ``params`` and load the bundle at ``src`` into it.
@@ -133,7 +125,7 @@ def import_bundle(src: str | Path, model_name: str, params: dict[str, object] | 
     ckpt["source"] = {
         "format": "tensorflow-bundle", "release": release or "",
         "provenance": entry.source if entry else "",
-        "files": {f.name: _sha256(f) for f in files},
+        "files": {f.name: sha256_file(f) for f in files},
         "variables": {name: mapping[name][0] for name in sorted(tensors)},
     }
     log.info("imported %d variables from %s into %s", len(tensors), prefix, model_name)
