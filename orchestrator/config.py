@@ -76,6 +76,10 @@ class TrainSettings(_Strict):
         max_steps_per_epoch: cap on training steps per epoch (``None``: the whole store).
         num_workers: DataLoader worker processes.
         sample_pairs: validation pairs shown in the sample grid image.
+        reject_degenerate: an evaluation with any flagged validation pair (``val/degenerate``
+            > 0: the fused image copies a source or is flat) never becomes ``best.pt``,
+            whatever its selection metric (a copy of the visible image scores well on many
+            metrics).
     """
 
     eval_every: int = Field(1, gt=0)
@@ -88,6 +92,7 @@ class TrainSettings(_Strict):
     max_steps_per_epoch: int | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
     sample_pairs: int = Field(3, ge=0)
+    reject_degenerate: bool = True
 
 
 class RunSpec(_Strict):

@@ -144,6 +144,12 @@ class TuneSpec(_Strict):
     not be the training or validation set. ``references``: checkpoints measured beside the
     trials on the same sets by the final evaluation and the report, e.g. the authors'
     released model ``pretrained:pmgi/ir_vi`` (``orchestrator import-weights``).
+    ``degenerate_penalty``: an evaluation with flagged validation pairs (``val/degenerate`` >
+    0) reports each objective to Tune worsened by this much (minus for ``max``, plus for
+    ``min``), so the searcher, ASHA and the ranking never prefer a copy of a source; MLflow
+    keeps the measured values. 0 turns it off. ``time_budget_s``: wall-clock budget of the
+    whole search; when it is spent Tune stops the running trials (their best.pt so far
+    counts) and starts no new one, so a sweep fits a stated time.
     """
 
     metric: str | list[str] = "val/Qabf"
@@ -156,6 +162,8 @@ class TuneSpec(_Strict):
     test_data: list[str] = []
     references: list[str] = []
     max_failures: int = Field(0, ge=0)
+    degenerate_penalty: float = Field(1000.0, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> TuneSpec:
@@ -322,6 +330,19 @@ class SpaceSampler:
         for key, entry in self.space.items():
             if entry.active(sampled):
                 sampled[key] = entry.suggest(trial, key)
+
+
+def penalise_degenerate(metrics: dict[str, float], tune: TuneSpec) -> dict[str, float]:
+    """``metrics`` with each objective worsened by ``tune.degenerate_penalty`` when the
+    evaluation flagged any validation pair (``val/degenerate`` > 0); unchanged otherwise."""
+    if not tune.degenerate_penalty or not metrics.get("val/degenerate", 0.0) > 0:
+        return metrics
+    out = dict(metrics)
+    for name, mode in zip(tune.metrics, tune.modes, strict=True):
+        if name in out:
+            sign = -1.0 if mode == "max" else 1.0
+            out[name] = float(out[name]) + sign * tune.degenerate_penalty
+    return out
 
 
 def objective_values(metrics: dict[str, float], tune: TuneSpec) -> list[float]:

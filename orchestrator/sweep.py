@@ -163,7 +163,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_ro
     tune_config = tune.TuneConfig(
         num_samples=spec.tune.num_samples, search_alg=_searcher(spec, name, local_root / name),
         scheduler=_scheduler(spec), max_concurrent_trials=spec.tune.max_concurrent,
-        reuse_actors=spec.resources.workers == 0)
+        reuse_actors=spec.resources.workers == 0, time_budget_s=spec.tune.time_budget_s)
     return tune.Tuner(fn, tune_config=tune_config,
                       run_config=run_config(spec, name, storage, verbose))
 

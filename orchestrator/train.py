@@ -256,12 +256,17 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, rank: int = 0,
 
 def _validate(run: _Run, spec: RunSpec, epoch: int, metrics: dict[str, float],
               result: TrainResult) -> np.ndarray | None:
-    """Validation metrics into ``metrics``; best.pt when the selection metric improved."""
+    """Validation metrics into ``metrics``; best.pt when the selection metric improved and
+    (``train.reject_degenerate``) no validation pair was flagged degenerate."""
     t = spec.train
     val_m, fused = evaluate_model(run.model, run.val_pairs, t.val_metrics)
     metrics.update(val_m)
     value = val_m.get(t.select_metric, float("nan"))
-    if _improved(value, result.best_value, t.select_mode):
+    flagged = t.reject_degenerate and val_m.get("val/degenerate", 0.0) > 0
+    if flagged:
+        log.info("epoch %d: %.0f%% of the validation pairs flagged degenerate; not a best "
+                 "candidate", epoch, 100 * val_m["val/degenerate"])
+    if not flagged and _improved(value, result.best_value, t.select_mode):
         result.best_value, result.best_epoch = value, epoch
         result.best_checkpoint = _save(run.model, epoch, run.out_dir / "best.pt", metrics)
     if not t.sample_pairs:

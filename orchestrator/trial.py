@@ -134,7 +134,7 @@ class TrialReporter:
         self.logged_best = key
 
     def __call__(self, metrics: dict[str, float], info: dict) -> None:
-        from orchestrator.search_space import objective_values
+        from orchestrator.search_space import objective_values, penalise_degenerate
 
         if "diverged" in info:
             raise RuntimeError(f"trial diverged: {info['diverged']}")
@@ -142,7 +142,8 @@ class TrialReporter:
             self.run(metrics, info)
             if info.get("checkpoint"):
                 self._log_best(info)
-        out = {k: float(v) for k, v in metrics.items() if k.startswith(_REPORTED_PREFIXES)}
+        reported = penalise_degenerate(metrics, self.tune)
+        out = {k: float(v) for k, v in reported.items() if k.startswith(_REPORTED_PREFIXES)}
         out["epoch"] = float(info["epoch"])
         if any(m in metrics for m in self.tune.metrics):
             objective_values(metrics, self.tune)  # NaN objective -> error, never a silent rank

@@ -140,6 +140,23 @@ def test_asha_stops_weak_trials_on_the_reported_epoch(ray_local, cache, tmp_path
             assert epochs == {1, 2, 3}
 
 
+def test_time_budget_ends_the_search_and_closes_every_run(ray_local, cache, tmp_path,
+                                                          monkeypatch):
+    """tune.time_budget_s=30 with 50 one-at-a-time trials of several seconds each: Tune
+    stops starting trials when the budget is spent; every started trial is recorded and no
+    MLflow run is left RUNNING."""
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml", ["tune.time_budget_s=30"],
+                      smoke=True, num_samples=50)
+    spec.tune.max_concurrent = 1
+    out = run_sweep(spec, cache_dir=cache, verbose=0)
+    assert 1 <= len(out.trials) < 50
+    client = MlflowClient(out.tracking_uri)
+    statuses = {client.get_run(r["run_id"]).info.status for r in out.trials if r["run_id"]}
+    assert statuses <= {"FINISHED"}, statuses
+    assert {r["status"] for r in out.trials} <= {"finished", "stopped"}, out.trials
+
+
 def _sweep_cmd(address: str, cache: str, *extra: str) -> list[str]:
     import sys
 

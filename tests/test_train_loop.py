@@ -183,3 +183,38 @@ def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+class _CopiesA(TinyFuse):
+    """Trains like TinyFuse but fuses by returning source A: every pair a copy (degenerate)."""
+
+    def _fuse(self, a, b):
+        return a
+
+
+@pytest.mark.parametrize("reject", [True, False])
+def test_a_degenerate_evaluation_never_becomes_best(tiny, tmp_path, monkeypatch, reject):
+    monkeypatch.setitem(registry.MODELS, "tiny", _CopiesA)
+    spec = load_spec(tiny, [f"train.reject_degenerate={str(reject).lower()}"])
+    reports = []
+    result = run_training(spec, lambda m, i: reports.append(m), tmp_path / "out",
+                          tmp_path / "cache")
+    assert [m["val/degenerate"] for m in reports] == [1.0, 1.0]  # a copy of A, flagged
+    assert reports[0]["val/SSIM_A"] > 0.99 and reports[0]["val/Qabf"] > 0.2  # not a zero
+    if reject:
+        assert result.best_checkpoint is None and not (tmp_path / "out" / "best.pt").exists()
+    else:
+        assert result.best_checkpoint is not None and result.best_epoch == 1
+
+
+def test_tune_sees_a_flagged_evaluation_worsened_by_the_penalty():
+    from orchestrator.search_space import TuneSpec, penalise_degenerate
+
+    tune = TuneSpec(metric=["val/Qabf", "val/MSE"], mode=["max", "min"])
+    clean = {"val/Qabf": 0.6, "val/MSE": 10.0, "val/degenerate": 0.0}
+    assert penalise_degenerate(clean, tune) == clean
+    flagged = {**clean, "val/degenerate": 0.25}
+    out = penalise_degenerate(flagged, tune)
+    assert out["val/Qabf"] == pytest.approx(0.6 - 1000) and out["val/MSE"] == 1010.0
+    assert flagged["val/Qabf"] == 0.6  # the measured values (MLflow) are untouched
+    assert penalise_degenerate(flagged, TuneSpec(degenerate_penalty=0)) == flagged
