@@ -273,6 +273,22 @@ def import_weights_command(src: str, import_everything: bool, release: str | Non
                    f"{item.seconds:.2f} s)  sha256 {item.sha256}")
 
 
+@main.command("split")
+@click.argument("definition", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for train/, val/, test/ (symlink set folders) and split.json.")
+def split_command(definition: str, out: str) -> None:
+    """Named train/val/test splits of real sets (DEFINITION: a split YAML)."""
+    from fusion_models.data import DataError
+    from orchestrator.split_cmd import write_split
+
+    try:
+        counts = write_split(definition, out)
+    except (ValueError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{out}: " + ", ".join(f"{role} {n} pairs" for role, n in counts.items()))
+
+
 @main.command("ui")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
               help="Store to browse (default sqlite:///mlflow.db here).")
