@@ -77,9 +77,10 @@ class TrainSettings(_Strict):
         num_workers: DataLoader worker processes.
         sample_pairs: validation pairs shown in the sample grid image.
         reject_degenerate: an evaluation with any flagged validation pair (``val/degenerate``
-            > 0: the fused image copies a source or is flat) never becomes ``best.pt``,
-            whatever its selection metric (a copy of the visible image scores well on many
-            metrics).
+            > 0: the fused image copies a source or is flat) never replaces an unflagged
+            ``best.pt``, whatever its selection metric (a copy of the visible image scores well
+            on many metrics), and an unflagged one always replaces a flagged best; best.pt is
+            flagged only while every evaluation so far was.
     """
 
     eval_every: int = Field(1, gt=0)

@@ -28,10 +28,14 @@ def top_k(spec: SweepSpec, rows: list[dict[str, Any]], k: int) -> list[dict[str,
 
 
 def set_label(entry: str) -> str:
-    """Short name of a data entry: ``generated:ivif:test`` -> ``ivif-test``, a folder's name."""
+    """Short name of a data entry: ``generated:ivif:test`` -> ``ivif-test``, a role folder of
+    an ``orchestrator split`` -> ``<split>-<role>`` (``ivif-test``), else the folder's name."""
     if entry.startswith(GENERATED):
         return entry[len(GENERATED):].replace(":", "-")
-    return Path(entry).name
+    path = Path(entry)
+    if (path.parent / "split.json").is_file():
+        return f"{path.parent.name}-{path.name}"
+    return path.name
 
 
 def _test_sets(spec: SweepSpec, cache_dir: str) -> tuple[str, list[tuple[str, Any]]]:

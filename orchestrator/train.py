@@ -63,6 +63,7 @@ class TrainResult:
     diverged_step: int | None = None
     run_id: str | None = None  # set by callers that track the run (MLflow)
     best_epoch: int | None = None
+    best_flagged: bool = False  # best.pt's evaluation had degenerate-flagged pairs
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -192,6 +193,15 @@ def _save(model: FusionModel, epoch: int, path: Path, metrics: dict[str, float],
     return str(path)
 
 
+def _better(value: float, flagged: bool, result: TrainResult, mode: str) -> bool:
+    """Whether an evaluation replaces best.pt: an unflagged one always beats a flagged best
+    and a flagged one never replaces an unflagged best (``train.reject_degenerate``: a copy
+    of a source never wins while a real fusion exists); otherwise the metric decides."""
+    if result.best_value is not None and flagged != result.best_flagged:
+        return not flagged and math.isfinite(value)
+    return _improved(value, result.best_value, mode)
+
+
 def _improved(value: float, best: float | None, mode: str) -> bool:
     if not math.isfinite(value):
         return False
@@ -256,18 +266,18 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, rank: int = 0,
 
 def _validate(run: _Run, spec: RunSpec, epoch: int, metrics: dict[str, float],
               result: TrainResult) -> np.ndarray | None:
-    """Validation metrics into ``metrics``; best.pt when the selection metric improved and
-    (``train.reject_degenerate``) no validation pair was flagged degenerate."""
+    """Validation metrics into ``metrics``; best.pt when this evaluation is better (see
+    :func:`_better`)."""
     t = spec.train
     val_m, fused = evaluate_model(run.model, run.val_pairs, t.val_metrics)
     metrics.update(val_m)
     value = val_m.get(t.select_metric, float("nan"))
     flagged = t.reject_degenerate and val_m.get("val/degenerate", 0.0) > 0
     if flagged:
-        log.info("epoch %d: %.0f%% of the validation pairs flagged degenerate; not a best "
-                 "candidate", epoch, 100 * val_m["val/degenerate"])
-    if not flagged and _improved(value, result.best_value, t.select_mode):
-        result.best_value, result.best_epoch = value, epoch
+        log.info("epoch %d: %.0f%% of the validation pairs flagged degenerate", epoch,
+                 100 * val_m["val/degenerate"])
+    if _better(value, flagged, result, t.select_mode):
+        result.best_value, result.best_epoch, result.best_flagged = value, epoch, flagged
         result.best_checkpoint = _save(run.model, epoch, run.out_dir / "best.pt", metrics)
     if not t.sample_pairs:
         return None
@@ -278,7 +288,8 @@ def _best_record(spec: RunSpec, result: TrainResult) -> dict[str, float | int | 
     if result.best_value is None:
         return None
     return {"metric": spec.train.select_metric, "mode": spec.train.select_mode,
-            "value": float(result.best_value), "epoch": int(result.best_epoch or 0)}
+            "value": float(result.best_value), "epoch": int(result.best_epoch or 0),
+            "flagged": bool(result.best_flagged)}
 
 
 def _resume(run: _Run, spec: RunSpec, path: str | Path, result: TrainResult) -> int:
@@ -292,6 +303,7 @@ def _resume(run: _Run, spec: RunSpec, path: str | Path, result: TrainResult) -> 
     if best and best.get("metric") == spec.train.select_metric \
             and best.get("mode") == spec.train.select_mode:
         result.best_value, result.best_epoch = float(best["value"]), int(best["epoch"])
+        result.best_flagged = bool(best.get("flagged", False))
         local = run.out_dir / "best.pt"
         if local.is_file() and _checkpoint_epoch(local) == result.best_epoch:
             result.best_checkpoint = str(local)

@@ -64,3 +64,32 @@ def test_the_committed_splits_build(definition, tmp_path):
     assert res.exit_code == 0, res.output
     for role in ("train", "val", "test"):
         assert len(open_pair_set(tmp_path / "s" / role).pairs) >= 3
+
+
+RECIPES = sorted((REPO / "search_spaces" / "real").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_real_data_recipes_validate_on_their_committed_split(recipe):
+    """Each recipe trains, selects and tests on the three roles of one committed split and
+    compares against a released checkpoint it can also start from."""
+    from orchestrator.search_space import load_sweep
+
+    spec = load_sweep(recipe)
+    root = (REPO / "splits").resolve()
+    roles = [Path(spec.run.resolve_path(e)) for e in
+             (spec.run.data.train, spec.run.data.val, *spec.tune.test_data)]
+    split = roles[0].parent.name
+    assert roles == [root / split / r for r in ("train", "val", "test")]
+    assert (REPO / "search_spaces" / "splits" / f"{split}.yaml").is_file()
+    assert spec.tune.references and spec.tune.references[0] in spec.space["init"].values
+    assert spec.tune.time_budget_s and spec.tune.degenerate_penalty > 0
+
+
+def test_split_role_folders_are_labelled_by_split_and_role(tmp_path, shared_data):
+    from orchestrator.final_eval import set_label
+
+    path = _definition(tmp_path, shared_data, 'test: {tno: ["01"]}\nval: {tno: ["03"]}\n')
+    CliRunner().invoke(main, ["split", str(path), "--out", str(tmp_path / "ivif")])
+    assert set_label(str(tmp_path / "ivif" / "test")) == "ivif-test"
+    assert set_label(str(shared_data / "tno")) == "tno"

@@ -75,7 +75,8 @@ def test_resume_keeps_the_best_when_the_next_validation_is_worse(tiny, tmp_path)
     best_sf = first.best_value
     assert first.best_epoch == 1 and best_sf > 1.0
     ckpt = torch.load(first.last_checkpoint, weights_only=True)
-    assert ckpt["best"] == {"metric": "val/SF", "mode": "max", "value": best_sf, "epoch": 1}
+    assert ckpt["best"] == {"metric": "val/SF", "mode": "max", "value": best_sf, "epoch": 1,
+                            "flagged": False}
     ckpt["state_dict"] = {k: torch.zeros_like(v) for k, v in ckpt["state_dict"].items()}
     torch.save(ckpt, tmp_path / "resume.pt")
     infos = []
@@ -201,10 +202,35 @@ def test_a_degenerate_evaluation_never_becomes_best(tiny, tmp_path, monkeypatch,
                           tmp_path / "cache")
     assert [m["val/degenerate"] for m in reports] == [1.0, 1.0]  # a copy of A, flagged
     assert reports[0]["val/SSIM_A"] > 0.99 and reports[0]["val/Qabf"] > 0.2  # not a zero
-    if reject:
-        assert result.best_checkpoint is None and not (tmp_path / "out" / "best.pt").exists()
-    else:
-        assert result.best_checkpoint is not None and result.best_epoch == 1
+    # every evaluation flagged: best.pt is the best of them either way, marked flagged
+    assert result.best_checkpoint is not None and result.best_flagged is reject
+
+
+def test_an_unflagged_evaluation_beats_a_flagged_best_whatever_its_metric(tiny, tmp_path,
+                                                                          monkeypatch):
+    """Epoch 1 copies A (flagged, high SSIM); from epoch 2 on the net fuses: epoch 2 becomes
+    best.pt although its selection metric is lower, and a flagged epoch 3 cannot replace it."""
+    epochs = iter([1, 2, 3])
+
+    class _CopiesFirstAndLast(TinyFuse):
+        def _fuse(self, a, b):
+            return a if self.copy_now else super()._fuse(a, b)
+
+    state = {"epoch": 0}
+
+    def report(metrics, info):
+        state["epoch"] = next(epochs, 0)
+
+    monkeypatch.setitem(registry.MODELS, "tiny", _CopiesFirstAndLast)
+    _CopiesFirstAndLast.copy_now = property(lambda self: state["epoch"] in (0, 2))
+    spec = load_spec(tiny, ["epochs=3", "train.select_metric=val/SSIM_A"])
+    reports = []
+    result = run_training(spec, lambda m, i: (reports.append(m), report(m, i)),
+                          tmp_path / "out", tmp_path / "cache")
+    flags = [m["val/degenerate"] for m in reports]
+    assert flags[0] == 1.0 and flags[1] < 1.0 and flags[2] == 1.0, flags
+    assert reports[0]["val/SSIM_A"] > reports[1]["val/SSIM_A"]  # the copy scores higher
+    assert result.best_epoch == 2 and not result.best_flagged
 
 
 def test_tune_sees_a_flagged_evaluation_worsened_by_the_penalty():
