@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from fusion_models.pretrained.authors_inputs import case_inputs
-from fusion_models.pretrained.released import CATALOGUE
-from fusion_models.pretrained.tf_import import import_bundle
+from fusion_models.pretrained.tf_import import import_release
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "authors_tf_outputs.json"
 
@@ -68,10 +67,8 @@ def main() -> None:
     cases = json.loads(FIXTURE.read_text())["cases"]
     models, import_s = {}, {}
     for name in sorted({c["checkpoint"] for c in cases}):
-        entry = CATALOGUE[name]
         start = time.perf_counter()
-        model, _ = import_bundle(shared / "weights" / entry.folder / entry.prefix, entry.model,
-                                 {**entry.params, "output_stretch": False}, entry.epoch, name)
+        model, _ = import_release(shared / "weights", name, {"output_stretch": False})
         import_s[name] = time.perf_counter() - start
         if args.eps is not None:
             for m in model.modules():

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fusion_models.pretrained.released import CATALOGUE
-from fusion_models.pretrained.tf_import import import_bundle, import_release
+from fusion_models.pretrained.tf_import import import_bundle
 from orchestrator.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def import_one(src: str | Path, release: str | None, model: str | None,
 
 
 def import_all(weights_dir: str | Path, out_dir: str | None = None) -> list[Imported]:
-    """Import every catalogue entry present under ``weights_dir`` (release layout).
+    """Import every catalogue entry present under ``weights_dir`` (release layout) with
+    :func:`import_one`, each to ``<out_dir or the pretrained folder>/<name>.pt``.
 
     Raises:
         ValueError: none of the catalogue's bundles is there (the message lists what was
@@ -103,14 +104,8 @@ def import_all(weights_dir: str | Path, out_dir: str | None = None) -> list[Impo
         wanted = [f"{e.folder}/{e.prefix}.index" for e in CATALOGUE.values()]
         raise ValueError(f"{root}: none of the released checkpoints is there (looked for "
                          f"{wanted})")
-    done = []
-    for name in present:
-        start = time.perf_counter()
-        _, ckpt = import_release(root, name)
-        path, digest = save_checkpoint(ckpt, dest / f"{name}.pt")
-        done.append(Imported(name, path, digest, len(ckpt["source"]["variables"]),
-                             time.perf_counter() - start))
-    return done
+    return [import_one(root / CATALOGUE[n].folder / CATALOGUE[n].prefix, n, None, {},
+                       str(dest / f"{n}.pt")) for n in present]
 
 
 def resolve_pretrained(ref: str) -> Path:

@@ -25,7 +25,7 @@ from fusion_models.data import Pair, load_pair, to_tensor255
 from fusion_models.data.colour import plan_colour
 from fusion_models.pretrained.authors_inputs import case_inputs
 from fusion_models.pretrained.released import CATALOGUE
-from fusion_models.pretrained.tf_import import import_bundle
+from fusion_models.pretrained.tf_import import import_release
 from orchestrator.fuse import fuse_files
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "authors_tf_outputs.json")
@@ -34,11 +34,7 @@ CASES = FIXTURE["cases"]
 
 
 def _model(name: str, shared: Path, stretch: bool):
-    entry = CATALOGUE[name]
-    params = {**entry.params, "output_stretch": stretch}
-    model, _ = import_bundle(shared / "weights" / entry.folder / entry.prefix, entry.model,
-                             params, entry.epoch, name)
-    return model
+    return import_release(shared / "weights", name, {"output_stretch": stretch})[0]
 
 
 @pytest.fixture(scope="module")

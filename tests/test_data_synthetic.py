@@ -109,7 +109,7 @@ def test_bad_requests(tmp_path):
 
 
 def test_photos_ship_with_scikit_image():
-    for name in synthetic.PHOTOS:
+    for name in synthetic.PHOTOS + synthetic.TEST_PHOTOS:  # training and held-out test photos
         img = synthetic._photo(name)
         assert img.dtype == np.uint8 and min(img.shape[:2]) >= 300
 
@@ -141,9 +141,3 @@ def test_splits_draw_disjoint_pairs_and_the_test_split_unseen_photos(tmp_path, m
     assert not set(synthetic.TEST_PHOTOS) & set(synthetic.PHOTOS)
     with pytest.raises(ValueError, match="unknown split 'tset'; known splits: train, val, test"):
         generated_set("ivif:tset", tmp_path)
-
-
-def test_test_photos_ship_with_scikit_image():
-    for name in synthetic.TEST_PHOTOS:
-        img = synthetic._photo(name)
-        assert img.dtype == np.uint8 and min(img.shape[:2]) >= 300

@@ -60,11 +60,11 @@ def _filled_keys(model: FusionModel) -> set[str]:
     return {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
 
 
-def match_names(tensors: dict[str, np.ndarray], model: FusionModel, where: str
-                ) -> dict[str, torch.Tensor]:
-    """The state-dict entries for ``tensors`` through the model's map; :class:`ImportMismatch`
-    listing every unplaced variable, unfilled parameter and shape disagreement."""
-    mapping = TF_MAPS[model.name](model)
+def match_names(tensors: dict[str, np.ndarray], model: FusionModel,
+                mapping: dict[str, tuple[str, str]], where: str) -> dict[str, torch.Tensor]:
+    """The state-dict entries for ``tensors`` through ``mapping`` (TF name -> (state key,
+    kind)); :class:`ImportMismatch` listing every unplaced variable, unfilled parameter and
+    shape disagreement."""
     state = model.state_dict()
     problems = []
     extra = sorted(set(tensors) - set(mapping))
@@ -114,13 +114,13 @@ def import_bundle(src: str | Path, model_name: str, params: dict[str, object] | 
     prefix = bundle_prefix(src)
     tensors = read_bundle(prefix)
     model = build(model_name, dict(params or {}))
-    loaded = match_names(tensors, model, str(prefix))
+    mapping = TF_MAPS[model_name](model)
+    loaded = match_names(tensors, model, mapping, str(prefix))
     model.load_state_dict(loaded, strict=False)
     files = sorted(prefix.parent.glob(prefix.name + ".*"))
     files = [f for f in files if f.name.endswith(".index") or ".data-" in f.name]
     ckpt = model.checkpoint(epoch)
     del ckpt["optimizers"]  # the authors' optimiser state is not in the bundle
-    mapping = TF_MAPS[model_name](model)
     entry = CATALOGUE.get(release) if release else None
     ckpt["source"] = {
         "format": "tensorflow-bundle", "release": release or "",
@@ -132,11 +132,14 @@ def import_bundle(src: str | Path, model_name: str, params: dict[str, object] | 
     return model.eval(), ckpt
 
 
-def import_release(weights_dir: str | Path, name: str) -> tuple[FusionModel, dict]:
+def import_release(weights_dir: str | Path, name: str, params: dict[str, object] | None = None
+                   ) -> tuple[FusionModel, dict]:
     """Import catalogue entry ``name`` (``pmgi/ir_vi``) from a folder laid out like the
-    authors' release (``<weights_dir>/<folder>/<prefix>.index``, see ``../shared/weights``)."""
+    authors' release (``<weights_dir>/<folder>/<prefix>.index``, see ``../shared/weights``);
+    ``params`` replace catalogue Config fields (``{"output_stretch": False}``: the raw
+    generator output instead of the published stretch)."""
     if name not in CATALOGUE:
         raise KeyError(f"unknown released checkpoint {name!r}; known: {sorted(CATALOGUE)}")
     entry: Released = CATALOGUE[name]
     src = Path(weights_dir) / entry.folder / entry.prefix
-    return import_bundle(src, entry.model, entry.params, entry.epoch, name)
+    return import_bundle(src, entry.model, {**entry.params, **(params or {})}, entry.epoch, name)
