@@ -108,10 +108,13 @@ def train_command(spec: str, overrides: tuple[str, ...], smoke: bool, device: st
               "(--name, default the newest of this model) again with --seeds new seeds each.")
 @click.option("--seeds", type=int, default=3, show_default=True, metavar="K",
               help="Seeds per configuration for --reseed-best.")
+@click.option("--with-default", is_flag=True,
+              help="With --reseed-best: also train the paper-default settings with the same "
+              "seeds (the control `orchestrator compare` sets the promoted model against).")
 def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...],
                   address: str | None, smoke: bool, resume: bool, name: str | None,
                   tracking_uri: str | None, cache_dir: str | None, quiet: bool,
-                  reseed_best: int | None, seeds: int) -> None:
+                  reseed_best: int | None, seeds: int, with_default: bool) -> None:
     """Search a model's hyperparameters (Ray Tune + Optuna + ASHA), every trial in MLflow."""
     from orchestrator import sweep_cmd
     from orchestrator.eval_cmd import cache_dir as default_cache
@@ -123,8 +126,11 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
             if overrides or smoke or resume or num_samples is not None:
                 raise ValueError("--reseed-best re-runs the sweep's own logged settings: "
                                  "drop --set/--smoke/--resume/--num-samples")
-            sweep_cmd.reseed(spec, name, reseed_best, seeds, tracking_uri, cache, address, quiet)
+            sweep_cmd.reseed(spec, name, reseed_best, seeds, tracking_uri, cache, address, quiet,
+                             with_default)
             return
+        if with_default:
+            raise ValueError("--with-default goes with --reseed-best")
         sweep_cmd.run(spec, overrides, smoke, num_samples, address, resume, name,
                       tracking_uri, cache, quiet)
     except (ValueError, SweepError) as exc:
@@ -173,6 +179,41 @@ def report_command(sweep: str, out_dir: str, top: int, data: str | None, pairs: 
     click.echo(f"report: {page}")
     click.echo(f"logged on the sweep's parent run as report/index.html; browse with "
                f"`orchestrator ui` ({ui_url})")
+
+
+@main.command("compare")
+@click.argument("sweep")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for comparison.md/.csv/.json (and the checkpoints measured).")
+@click.option("--model", "model_ref", default=None, metavar="REF",
+              help="The model to judge (default: the newest version promoted from SWEEP).")
+@click.option("--address", default=None, help="Ray cluster: auto | ray://host:10001.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default sqlite:///mlflow.db here).")
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Generated data (default FUSION_CACHE_DIR or ~/.cache).")
+def compare_command(sweep: str, out_dir: str, model_ref: str | None, address: str | None,
+                    tracking_uri: str | None, cache_dir: str | None) -> None:
+    """The promoted model vs the paper defaults (mean ± std over seeds), the references and
+    the baselines on SWEEP's test pairs (after `sweep --reseed-best N --with-default` and
+    `promote`)."""
+    from orchestrator.compare import COMPARE_METRICS, run_compare
+    from orchestrator.eval_cmd import cache_dir as default_cache
+    from orchestrator.tracking import resolve_tracking_uri
+
+    try:
+        result = run_compare(sweep, resolve_tracking_uri(tracking_uri), out_dir,
+                             cache_dir or str(default_cache()), model_ref, address)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for t in result.tables:
+        v = t["verdict"]
+        click.echo(f"{t['set']} ({t['convention']}): promoted beats the paper default and "
+                   f"every baseline on {len(v['won'])}/{len(COMPARE_METRICS)} metrics "
+                   f"({', '.join(v['won']) or 'none'}); "
+                   f"goal {'met' if v['goal_met'] else 'not met'}")
+    click.echo(f"tables: {Path(out_dir) / 'comparison.md'} (logged on the sweep's parent run "
+               "as comparison/)")
 
 
 @main.command("promote")

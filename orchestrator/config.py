@@ -48,6 +48,8 @@ class DataSpec(_Strict):
 
     Attributes:
         train: set folder (two source sub-folders; relative to the YAML) or ``generated:<kind>``.
+        extra_train: more training sets (the same forms) whose patches join ``train``'s, e.g.
+            generated multi-focus pairs beside a small real set; never used for validation.
         val: the same for validation (full-size images); default: the ``val`` split of a
             generated training set (``generated:ivif`` -> ``generated:ivif:val``), else the
             training set itself.
@@ -57,6 +59,7 @@ class DataSpec(_Strict):
     """
 
     train: str = "generated:ivif"
+    extra_train: list[str] = Field(default_factory=list)
     val: str | None = None
     task: Literal["ivif", "medical", "mff", "mef"] | None = None
     val_pairs: int = Field(8, gt=0)
@@ -143,7 +146,9 @@ class RunSpec(_Strict):
         """``data.val`` or ``data.train`` when ``entry`` is that set (validation checked
         first), else None. Raises ValueError for an unknown generated kind or split."""
         key = self.set_key(entry)
-        for role, value in (("data.val", self.val_entry()), ("data.train", self.data.train)):
+        roles = [("data.val", self.val_entry()), ("data.train", self.data.train)]
+        roles += [(f"data.extra_train[{i}]", v) for i, v in enumerate(self.data.extra_train)]
+        for role, value in roles:
             if self.set_key(value) == key:
                 return role
         return None

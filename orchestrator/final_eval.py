@@ -38,12 +38,13 @@ def set_label(entry: str) -> str:
     return path.name
 
 
-def _test_sets(spec: SweepSpec, cache_dir: str) -> tuple[str, list[tuple[str, Any]]]:
+def evaluation_pair_sets(spec: SweepSpec, cache_dir: str) -> tuple[str, list[tuple[str, Any]]]:
     """(split, [(label, pair set)]): split ``test`` or ``validation``."""
     from orchestrator.train import resolve_set
 
     split, entries = evaluation_sets(spec)
-    return split, [(set_label(e), resolve_set(spec.run, e, Path(cache_dir))) for e in entries]
+    return split, [(set_label(spec.run.resolve_path(e)), resolve_set(spec.run, e, Path(cache_dir)))
+                   for e in entries]
 
 
 def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | None = None,
@@ -66,7 +67,7 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
     client = MlflowClient(outcome.tracking_uri)
     names = resolve_metric_names(metrics)
     rows: list[dict[str, Any]] = []
-    split, sets = _test_sets(spec, cache_dir)
+    split, sets = evaluation_pair_sets(spec, cache_dir)
     refs = {ref: resolve_checkpoint(ref, outcome.tracking_uri,
                                     dst=outcome.path / "final_eval" / "references")
             for ref in spec.tune.references}

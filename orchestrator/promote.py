@@ -68,29 +68,39 @@ def _metric_value(run: Any, metric: str) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _has_best(client: Any, run_id: str) -> bool:
+def has_best(client: Any, run_id: str) -> bool:
     return any(a.path == BEST for a in client.list_artifacts(run_id, "checkpoints"))
+
+
+def _eligible(run: Any) -> bool:
+    """Never promoted: a paper-default control run (``--reseed-best --with-default``) or a
+    run whose best.pt came from a degenerate-flagged evaluation (a copy of a source)."""
+    from orchestrator.reseed import CONTROL
+
+    tags = run.data.tags
+    return tags.get("reseed_of") != CONTROL and tags.get("best_flagged") != "true"
 
 
 def pick_run(client: Any, uri: str, parent: Any, metric: str, mode: str,
              run_id: str | None = None) -> Any:
-    """The child run to promote: ``run_id`` (checked), else the best FINISHED one with best.pt."""
+    """The child run to promote: ``run_id`` (checked), else the best FINISHED one with best.pt
+    (by its last ``metric`` value; see :func:`_eligible` for the runs never picked)."""
     pid = parent.info.run_id
     if run_id:
         kids = _RUN_ID.match(run_id) and child_runs(uri, pid, f"attributes.run_id = '{run_id}'")
         if not kids:
             raise ValueError(f"run {run_id} is not a child run of sweep "
                              f"{parent.data.tags.get('sweep_name')!r} (parent run {pid})")
-        if not _has_best(client, run_id):
+        if not has_best(client, run_id):
             raise ValueError(f"run {run_id} has no {BEST} artifact to promote")
         return kids[0]
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
     scored = [(v, r) for r in child_runs(uri, pid, "attributes.status = 'FINISHED'")
-              if (v := _metric_value(r, metric)) is not None]
+              if (v := _metric_value(r, metric)) is not None and _eligible(r)]
     scored.sort(key=lambda vr: vr[0], reverse=mode == "max")
     for _, run in scored:
-        if _has_best(client, run.info.run_id):
+        if has_best(client, run.info.run_id):
             return run
         log.info("skipping run %s: no %s", run.info.run_id, BEST)
     raise ValueError(f"no candidate run in sweep {parent.data.tags.get('sweep_name')!r}: none "

@@ -25,6 +25,7 @@ from typing import Any
 
 from fusion_models.metrics import REPORT_METRICS
 from orchestrator.atomic import atomic_open, atomic_write
+from orchestrator.compare import display_tables
 from orchestrator.report_data import SweepRecord, curves, load_record
 from orchestrator.report_images import Method, evaluate_method, image_grid, metric_table
 from orchestrator.tracking import runs_url
@@ -237,7 +238,8 @@ def write_report(args: ReportArgs) -> Path:
         "sens": sens, "trials": _trial_rows(
             record, order, args.ui_url), "seed_stats": record.seed_stats, "fmt": _fmt,
         "parent_link": runs_url(args.ui_url, record.experiment_id, record.parent_run_id),
-        "ui_url": args.ui_url, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+        "ui_url": args.ui_url, "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "comparison": display_tables(record.comparison["tables"]) if record.comparison else []}
     _write_files(out, render(context), sens, table, methods)
     _log(record, out, args.ui_url)
     return out / "index.html"

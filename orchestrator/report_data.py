@@ -34,6 +34,7 @@ class SweepRecord:
     trials: list[dict[str, Any]]
     seed_stats: list[dict[str, Any]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    comparison: dict[str, Any] | None = None  # `orchestrator compare`'s comparison.json
 
 
 def _text(client: Any, run_id: str, path: str) -> str | None:
@@ -41,7 +42,8 @@ def _text(client: Any, run_id: str, path: str) -> str | None:
     import tempfile
     from pathlib import Path
 
-    names = {a.path for a in client.list_artifacts(run_id)}
+    folder = path.rsplit("/", 1)[0] if "/" in path else None
+    names = {a.path for a in client.list_artifacts(run_id, folder)}
     if path not in names:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +111,13 @@ def load_record(sweep: str, tracking_uri: str) -> SweepRecord:
         name=parent.data.tags.get("sweep_name", sweep), parent_run_id=rid,
         experiment_id=parent.info.experiment_id, tracking_uri=tracking_uri,
         spec=read_spec(client, rid), trials=read_trials(client, rid),
-        seed_stats=read_seed_stats(client, rid), tags=dict(parent.data.tags))
+        seed_stats=read_seed_stats(client, rid), tags=dict(parent.data.tags),
+        comparison=_json(client, rid, "comparison/comparison.json"))
+
+
+def _json(client: Any, run_id: str, path: str) -> Any:
+    text = _text(client, run_id, path)
+    return json.loads(text) if text else None
 
 
 def curves(tracking_uri: str, run_id: str, keys: list[str]) -> dict[str, list[tuple[int, float]]]:

@@ -7,6 +7,11 @@ Ray Tune grid of N x K trials without early stopping. Each is an MLflow child ru
 sweep's parent run, tagged ``reseed_of`` (the original trial id) and ``seed``. The parent run
 gets ``seed_variance.csv`` and ``seed_variance.json``: per configuration the sweep's value and
 the seeds' mean, standard deviation, min and max for each objective.
+
+With ``--with-default`` the grid also trains the control: the model at its paper defaults
+(the YAML's ``fixed`` and ``train`` budget, no searched parameter set, a cold start) with
+the same K seeds, as child runs tagged ``reseed_of`` = :data:`CONTROL`. `orchestrator
+compare` measures both on the test pairs; `orchestrator promote` never picks a control run.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from typing import Any
 from orchestrator.search_space import SweepSpec
 
 log = logging.getLogger(__name__)
+
+#: ``reseed_of`` of the paper-default control runs (``--reseed-best N --with-default``).
+CONTROL = "paper-default"
 
 
 @dataclass
@@ -67,8 +75,9 @@ def sweep_record(uri: str, sweep: str | None, model: str) -> tuple[Any, SweepSpe
 
 
 def reseed_configs(spec: SweepSpec, rows: list[dict[str, Any]], top_n: int,
-                   seeds: int) -> list[dict[str, Any]]:
-    """The grid: one config per (configuration, seed), best configuration first."""
+                   seeds: int, with_default: bool = False) -> list[dict[str, Any]]:
+    """The grid: one config per (configuration, seed), best configuration first; then, with
+    ``with_default``, the paper-default control (no searched parameter) with the same seeds."""
     from orchestrator.sensitivity import trial_params
     from orchestrator.sweep_record import ranked
 
@@ -77,8 +86,11 @@ def reseed_configs(spec: SweepSpec, rows: list[dict[str, Any]], top_n: int,
         raise ValueError("--reseed-best: the sweep has no trial with a finite "
                          f"{spec.tune.metrics[0]} to re-seed")
     base = spec.run.train.seed
-    return [{**trial_params(spec, row), "__seed__": base + k, "__reseed_of__": row["trial_id"]}
+    grid = [{**trial_params(spec, row), "__seed__": base + k, "__reseed_of__": row["trial_id"]}
             for row in best for k in range(1, seeds + 1)]
+    if with_default:
+        grid += [{"__seed__": base + k, "__reseed_of__": CONTROL} for k in range(1, seeds + 1)]
+    return grid
 
 
 def _rows(grid: Any, spec: SweepSpec) -> list[dict[str, Any]]:
@@ -119,8 +131,9 @@ def _log(uri: str, parent: str, spec: SweepSpec, outcome: ReseedOutcome, folder:
 
 def run_reseed(spec_path: str, sweep: str | None, top_n: int, seeds: int, *,
                tracking_uri: str | None, cache_dir: str, address: str | None = None,
-               verbose: int = 1) -> ReseedOutcome:
-    """Re-run the sweep's ``top_n`` configurations with ``seeds`` new seeds each."""
+               verbose: int = 1, with_default: bool = False) -> ReseedOutcome:
+    """Re-run the sweep's ``top_n`` configurations with ``seeds`` new seeds each (and the
+    paper-default control with the same seeds when ``with_default``)."""
     from ray import tune
 
     from orchestrator.config import read_yaml
@@ -134,7 +147,7 @@ def run_reseed(spec_path: str, sweep: str | None, top_n: int, seeds: int, *,
     uri = resolve_tracking_uri(tracking_uri)
     parent, spec, rows = sweep_record(uri, sweep, read_yaml(spec_path)["model"])
     sweep_name, parent_id = parent.data.tags["sweep_name"], parent.info.run_id
-    configs = reseed_configs(spec, rows, top_n, seeds)
+    configs = reseed_configs(spec, rows, top_n, seeds, with_default)
     storage, local_root = storage_paths(spec.storage)
     name = f"{sweep_name}-reseed-{time.strftime('%Y%m%d-%H%M%S')}"
     connect(spec, address)
@@ -147,6 +160,8 @@ def run_reseed(spec_path: str, sweep: str | None, top_n: int, seeds: int, *,
     outcome = ReseedOutcome(sweep_name, parent_id, name, spec.tune.metrics,
                             _rows(tuner.fit(), spec))
     by_id = {r["trial_id"]: r for r in rows}
+    by_id[CONTROL] = {"trial_id": CONTROL, "run_id": "",
+                      **{m: float("nan") for m in spec.tune.metrics}}
     originals = {c["__reseed_of__"]: by_id[c["__reseed_of__"]] for c in configs}
     outcome.stats = seed_stats(spec, outcome.rows, originals)
     folder = local_root / name

@@ -113,12 +113,13 @@ def run(spec_path: str, overrides: tuple[str, ...], smoke: bool, num_samples: in
 
 
 def reseed(spec_path: str, name: str | None, top_n: int, seeds: int, tracking_uri: str | None,
-           cache_dir: str, address: str | None, quiet: bool):
+           cache_dir: str, address: str | None, quiet: bool, with_default: bool = False):
     """``--reseed-best N --seeds K``: re-train, then print the seed variance per config."""
     from orchestrator.reseed import run_reseed
 
     out = run_reseed(spec_path, name, top_n, seeds, tracking_uri=tracking_uri,
-                     cache_dir=cache_dir, address=address, verbose=0 if quiet else 1)
+                     cache_dir=cache_dir, address=address, verbose=0 if quiet else 1,
+                     with_default=with_default)
     errors = [r for r in out.rows if r["status"] == "error"]
     click.echo(f"re-seeded sweep {out.sweep}: {len(out.stats)} configs x {seeds} seeds "
                f"({len(out.rows)} trials, {len(errors)} errored; Tune run {out.name})")
@@ -129,5 +130,6 @@ def reseed(spec_path: str, name: str | None, top_n: int, seeds: int, tracking_ur
                  f"[{s[m + '/min']:.4f}, {s[m + '/max']:.4f}]" for m in out.metrics]
         click.echo(f"  trial {s['trial_id']} (seeds {s['seeds']}): " + "; ".join(parts))
     click.echo(f"logged on the sweep's parent run {out.parent_run_id}: seed_variance.csv/.json")
-    click.echo(f"next: orchestrator report {out.sweep} --out report/")
+    click.echo(f"next: orchestrator promote {out.sweep}; orchestrator compare {out.sweep} "
+               "--out compare/")
     return out

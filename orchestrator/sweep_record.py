@@ -68,6 +68,7 @@ def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
             "spec": spec.source, "kind": "sweep"}
     split, final_sets = evaluation_sets(spec)
     roles = [("train", data.train), ("val", spec.run.val_entry())]
+    roles += [(f"train_extra{i}", v) for i, v in enumerate(data.extra_train)]
     roles += [(f"test{i or ''}", v) for i, v in enumerate(final_sets)] if split == "test" else []
     for role, value in roles:
         tags[f"data.{role}"] = value

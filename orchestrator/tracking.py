@@ -31,8 +31,16 @@ UI_WORKFLOW = "workflowType=machine_learning"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """CLI value, else ``MLFLOW_TRACKING_URI``, else the sqlite file in the working directory."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+    """CLI value, else ``MLFLOW_TRACKING_URI``, else the sqlite file in the working directory.
+
+    A relative sqlite path (``sqlite:///runs/mlflow.db``) is made absolute here, so Ray
+    workers, whose working directory is their trial folder, open the same file.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith(("/", ":memory:")):
+        uri = f"{prefix}{Path(uri[len(prefix):]).resolve()}"
+    return uri
 
 
 def mlflow_client(uri: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from fusion_models.data import PairSet, generated_set, open_pair_set
 from fusion_models.data.colour import default_rule
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 #: report(metrics, info): metrics are flat floats (``epoch``, ``train/*``, ``val/*``); info has
 #: ``epoch``, ``checkpoint`` (path of best.pt or None), ``best_epoch`` (the epoch best.pt
-#: holds; it changes exactly when best.pt was rewritten), ``last_checkpoint``, ``samples``
+#: holds; it changes exactly when best.pt was rewritten), ``best_flagged`` (its evaluation
+#: had degenerate-flagged pairs), ``last_checkpoint``, ``samples``
 #: (uint8 grid or None), ``step_terms`` (list of (global_step, {term: value})).
 Reporter = Callable[[dict[str, float], dict], None]
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -140,18 +141,22 @@ def _make_model(spec: RunSpec, device: torch.device) -> FusionModel:
     return model
 
 
-def _loader(spec: RunSpec, model: FusionModel, train_set: PairSet, cache_dir: Path,
+def _loader(spec: RunSpec, model: FusionModel, train_sets: list[PairSet], cache_dir: Path,
             generator: torch.Generator) -> DataLoader:
-    rule = spec.data.colour
-    store = PatchStore.build_or_load(train_set, model.patch_spec(), cache_dir / "patches",
-                                     colour_rule=rule, task=spec.data.task)
-    if len(store) == 0:
-        raise ValueError(f"no training patches: the images of {train_set.root} are smaller "
-                         f"than the patch ({model.patch_spec()})")
-    batch = min(model.config.batch_size, len(store))
-    log.info("patch store %s: %d patches, batch %d", store.path, len(store), batch)
-    return DataLoader(store.dataset(model.input_scale), batch_size=batch, shuffle=True,
-                      drop_last=True, generator=generator, num_workers=spec.train.num_workers)
+    """Batches over the patches of ``data.train`` and every ``data.extra_train`` set."""
+    datasets = []
+    for train_set in train_sets:
+        store = PatchStore.build_or_load(train_set, model.patch_spec(), cache_dir / "patches",
+                                         colour_rule=spec.data.colour, task=spec.data.task)
+        if len(store) == 0:
+            raise ValueError(f"no training patches: the images of {train_set.root} are smaller "
+                             f"than the patch ({model.patch_spec()})")
+        log.info("patch store %s: %d patches", store.path, len(store))
+        datasets.append(store.dataset(model.input_scale))
+    data = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    batch = min(model.config.batch_size, len(data))
+    return DataLoader(data, batch_size=batch, shuffle=True, drop_last=True,
+                      generator=generator, num_workers=spec.train.num_workers)
 
 
 def _train_epoch(model: FusionModel, loader: DataLoader, epoch: int, step0: int,
@@ -255,10 +260,11 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, rank: int = 0,
                              "values, so it cannot train on several workers (resources.workers"
                              " must be 1)")
         sync_gradients(model, world_size)
-    train_set = resolve_set(spec, spec.data.train, cache_dir)
+    train_sets = [resolve_set(spec, v, cache_dir) for v in [spec.data.train,
+                                                               *spec.data.extra_train]]
     val_set = resolve_set(spec, spec.val_entry(), cache_dir)
     val_pairs = load_val_pairs(val_set, colour_rule(spec, val_set), spec.data.val_pairs)
-    loader = _loader(spec, model, train_set, cache_dir, generator)
+    loader = _loader(spec, model, train_sets, cache_dir, generator)
     cap = spec.train.max_steps_per_epoch
     model.steps_per_epoch = min(len(loader), cap) if cap else len(loader)
     return _Run(model, loader, val_pairs, out_dir)
@@ -377,6 +383,7 @@ def run_training(
         if report:
             report(metrics, {"epoch": epoch, "checkpoint": result.best_checkpoint,
                              "best_epoch": result.best_epoch,
+                             "best_flagged": result.best_flagged,
                              "last_checkpoint": result.last_checkpoint, "samples": samples,
                              "step_terms": step_terms})
     return result

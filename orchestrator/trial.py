@@ -131,6 +131,8 @@ class TrialReporter:
         self.run.client.set_tag(self.run.run_id, "best_sha256", digest)
         if info.get("best_epoch") is not None:
             self.run.client.set_tag(self.run.run_id, "best_epoch", str(info["best_epoch"]))
+        self.run.client.set_tag(self.run.run_id, "best_flagged",
+                                str(bool(info.get("best_flagged", False))).lower())
         self.logged_best = key
 
     def __call__(self, metrics: dict[str, float], info: dict) -> None:

@@ -135,3 +135,15 @@ def test_cli_promote_then_fuse_from_the_registry(store, tmp_path, monkeypatch):
     res = runner.invoke(main, ["fuse", "nothing.pt", "--a", "a.png", "--b", "b.png", "-o",
                                "o.png"])
     assert res.exit_code != 0 and "not found" in res.output
+
+
+def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
+    """Ray workers run in their trial folder: a relative sqlite URI must name one file."""
+    from orchestrator.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri("sqlite:///runs/m.db") == f"sqlite:///{tmp_path / 'runs/m.db'}"
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

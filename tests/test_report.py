@@ -5,6 +5,7 @@ in a real headless Chromium."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -18,9 +19,12 @@ from _procs import free_port, stop_group, wait_healthy
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from fusion_models.registry import get_model_class
 from orchestrator.cli import main
+from orchestrator.compare import COMPARE_METRICS
 from orchestrator.final_eval import final_eval
 from orchestrator.import_cmd import import_all
+from orchestrator.reseed import CONTROL
 from orchestrator.search_space import load_sweep
 from orchestrator.sweep import run_sweep
 
@@ -58,14 +62,23 @@ def swept(tmp_path_factory, ray_local, shared_dir):
         out = run_sweep(spec, name="mff-report", cache_dir=cache, verbose=0)
         out.final_eval = final_eval(spec, out, cache)
         reseed = _cli("sweep", str(SPEC), "--reseed-best", str(TOP), "--seeds", str(SEEDS),
-                      "--name", out.name, "--cache-dir", cache, "--quiet")
+                      "--with-default", "--name", out.name, "--cache-dir", cache, "--quiet")
+        promoted = _cli("promote", out.name)
+        compared = _cli("compare", out.name, "--out", str(work / "compare"), "--cache-dir",
+                        cache)
         port = free_port()
         report = _cli("report", out.name, "--out", str(work / "report"), "--top", str(TOP),
                       "--pairs", "3", "--grid-pairs", "2", "--ui-url", f"http://127.0.0.1:{port}",
                       "--cache-dir", cache, "--reference", REFS[1])
     return {"work": work, "out": out, "uri": out.tracking_uri, "port": port,
-            "reseed_output": reseed, "report_output": report,
+            "reseed_output": reseed, "report_output": report, "promote_output": promoted,
+            "compare_output": compared, "cache": cache, "spec": spec,
             "page": work / "report" / "index.html"}
+
+
+def registry_default(key: str) -> object:
+    """MFF-GAN's Config default of a searched parameter (the paper's value)."""
+    return get_model_class("mffgan").Config.model_fields[key].default
 
 
 def _children(uri: str, parent: str) -> list:
@@ -77,8 +90,21 @@ def _children(uri: str, parent: str) -> list:
 def test_reseed_trains_the_best_configs_again_and_logs_the_spread(swept):
     out, uri = swept["out"], swept["uri"]
     client = MlflowClient(uri)
-    reseeds = [r for r in _children(uri, out.parent_run_id) if "reseed_of" in r.data.tags]
+    kids = _children(uri, out.parent_run_id)
+    reseeds = [r for r in kids if r.data.tags.get("reseed_of", CONTROL) != CONTROL]
     assert len(reseeds) == TOP * SEEDS and {r.info.status for r in reseeds} == {"FINISHED"}
+    control = [r for r in kids if r.data.tags.get("reseed_of") == CONTROL]
+    assert sorted(r.data.tags["seed"] for r in control) == ["1", "2"]
+    spec = swept["spec"]
+    fixed = spec.run.model_params()
+    for run in control:  # the paper defaults: no searched parameter set, the same budget
+        for key in spec.space:
+            want = fixed.get(key, registry_default(key))
+            got = run.data.params[key]
+            if isinstance(want, float):
+                assert float(got) == pytest.approx(want), key
+            else:
+                assert got == str(want), key
     best = [r["trial_id"] for r in sorted(
         [r for r in out.trials if r["status"] == "finished"],
         key=lambda r: -r[OBJECTIVES[0]])][:TOP]
@@ -96,14 +122,59 @@ def test_reseed_trains_the_best_configs_again_and_logs_the_spread(swept):
                     assert value == str(want), key
     path = client.download_artifacts(out.parent_run_id, "seed_variance.json", str(swept["work"]))
     stats = json.loads(Path(path).read_text())["stats"]
-    assert [s["trial_id"] for s in stats] == best
-    for s in stats:
+    assert [s["trial_id"] for s in stats] == [*best, CONTROL]
+    for s in stats[:-1]:
         mine = [r for r in reseeds if r.data.tags["reseed_of"] == s["trial_id"]]
         for m in OBJECTIVES:
             values = [r.data.metrics[m] for r in mine]
             assert s[f"{m}/std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
             assert s[m] == pytest.approx(by_trial[s["trial_id"]][m])
     assert f"trial {best[0]} (seeds [1, 2])" in swept["reseed_output"]
+
+
+def test_compare_sets_the_promoted_model_against_the_control_refs_and_baselines(swept):
+    """`orchestrator compare`: the promoted version, each re-seeded configuration and the
+    paper-default control as mean ± std over their seeds, the reference and the 4 baselines,
+    all on the sweep's 8 generated test pairs; a baseline row equals `orchestrator eval`; the
+    verdict counts exactly the metrics the promoted row wins."""
+    from orchestrator.evaluate import metric_direction
+
+    out, work = swept["out"], swept["work"]
+    data = json.loads((work / "compare" / "comparison.json").read_text())
+    assert [(t["set"], t["convention"]) for t in data["tables"]] == [("mff-test", "cdd")]
+    rows = data["tables"][0]["rows"]
+    assert [r["kind"] for r in rows] == ["promoted"] + ["seeds"] * (TOP + 1) + [
+        "reference"] + ["baseline"] * 4
+    assert "fusion-mffgan v1" in rows[0]["label"] and "version: 1" in swept["promote_output"]
+    assert [r["detail"] for r in rows[TOP + 1:TOP + 3]] == [CONTROL, REFS[0]]
+    for r in rows:
+        assert r["pairs"] == 8 and r["n"] == (SEEDS if r["kind"] == "seeds" else 1)
+        for m in COMPARE_METRICS:
+            assert math.isfinite(r[m]), (r["label"], m)
+            if r["kind"] == "seeds":
+                assert r[m] == pytest.approx(np.mean(r[f"{m}/values"]))
+                assert r[f"{m}/std"] == pytest.approx(np.std(r[f"{m}/values"], ddof=1))
+    lap = next(r for r in rows if r["label"] == "laplacian")
+    res = CliRunner().invoke(main, ["eval", "--data", "generated:mff:test", "--method",
+                                    "laplacian", "--metrics", ",".join(COMPARE_METRICS),
+                                    "--json", str(work / "lap.json")],
+                           env={"FUSION_CACHE_DIR": swept["cache"]})
+    assert res.exit_code == 0, res.output
+    mean = json.loads((work / "lap.json").read_text())["mean"]
+    want = {m: mean[m] for m in COMPARE_METRICS}
+    assert {m: lap[m] for m in COMPARE_METRICS} == pytest.approx(want, rel=1e-9)
+    rivals = [r for r in rows if r["kind"] == "baseline" or r["detail"] == CONTROL]
+    won = [m for m in COMPARE_METRICS if all(
+        (rows[0][m] - o[m]) * (1 if metric_direction(m) else -1) > 0 for o in rivals)]
+    verdict = data["tables"][0]["verdict"]
+    assert verdict["won"] == won
+    assert verdict["goal_met"] == (len(won) >= 6 and rows[0]["degenerate"] == 0)
+    assert f"on {len(won)}/9 metrics" in swept["compare_output"]
+    md = (work / "compare" / "comparison.md").read_text()
+    assert md.count("\n| ") == 1 + len(rows) and "± " in md
+    client = MlflowClient(swept["uri"])
+    logged = {a.path for a in client.list_artifacts(out.parent_run_id, "comparison")}
+    assert logged == {f"comparison/comparison.{x}" for x in ("json", "csv", "md")}
 
 
 def test_report_files_are_logged_on_the_parent_run(swept):
@@ -152,6 +223,8 @@ def test_report_renders_in_headless_chromium(swept):
         "links": "[...document.querySelectorAll('a')].map(a => a.href)",
         "marginals": "[...document.querySelectorAll('#marginals details')].map(d => "
                      "[d.querySelector('summary').textContent, d.open])",
+        "comparison": "[...document.querySelectorAll('table.comparison tbody tr')].map("
+                      "r => r.className)",
     }, ["#image-grid", "#metric-table"])
     assert result.errors == [], result.errors
     v = result.values
@@ -160,6 +233,8 @@ def test_report_renders_in_headless_chromium(swept):
                           + ["trial"] * TOP)
     assert "SF ↑" in v["headers"] and "Qabf ↑" in v["headers"]
     assert v["best_cells"] >= 9, "each of the 9 metric columns has a best value"
+    assert v["comparison"] == ["promoted"] + ["seeds"] * (TOP + 1) + ["reference"] + [
+        "baseline"] * 4
     assert v["trial_rows"] == n_trials
     assert {f[0] for f in v["figures"]} == {"pareto", "importances", "seeds", "curves", ""}
     assert v["marginals"][:2] == [["val/Qabf (objective)", True], ["val/SF (objective)", True]]

@@ -144,3 +144,60 @@ def test_a_reseed_config_trains_the_original_params_with_its_own_seed(pmgi_spec)
     spec = trial_spec(ctx, got, extras["seed"])
     assert spec.train.seed == 3 and spec.fixed["w_int_a"] == 2.0 and spec.fixed["channels"] == 16
     assert trial_spec(ctx, got).train.seed == pmgi_spec.run.train.seed == 0
+
+
+def test_with_default_adds_the_paper_default_control_with_the_same_seeds(pmgi_spec):
+    """The control trains the YAML's fixed settings only (no searched key): the model's
+    paper defaults at the same budget, with the seeds the best configuration gets."""
+    from orchestrator.reseed import CONTROL, reseed_configs
+    from orchestrator.sweep import trial_context
+    from orchestrator.trial import split_config, trial_spec
+
+    rows = _rows(pmgi_spec, 6)
+    plain = reseed_configs(pmgi_spec, rows, 2, 3)
+    grid = reseed_configs(pmgi_spec, rows, 2, 3, with_default=True)
+    assert grid[:6] == plain and [c["__seed__"] for c in grid[6:]] == [1, 2, 3]
+    assert grid[6:] == [{"__seed__": s, "__reseed_of__": CONTROL} for s in (1, 2, 3)]
+    ctx = trial_context(pmgi_spec, "s", "sqlite:///x.db", "p", ".cache", "ray_results")
+    params, extras = split_config({"__reseed__": grid[6]})
+    spec = trial_spec(ctx, params, extras["seed"])
+    assert params == {} and spec.fixed == pmgi_spec.run.fixed and spec.train.seed == 1
+
+
+def test_promote_never_picks_a_control_or_a_flagged_run():
+    from types import SimpleNamespace
+
+    from orchestrator.promote import _eligible
+    from orchestrator.reseed import CONTROL
+
+    def run(**tags):
+        return SimpleNamespace(data=SimpleNamespace(tags=tags))
+
+    assert _eligible(run(trial_id="a")) and _eligible(run(reseed_of="a", best_flagged="false"))
+    assert not _eligible(run(reseed_of=CONTROL))
+    assert not _eligible(run(trial_id="b", best_flagged="true"))
+
+
+def test_verdict_counts_metrics_won_against_the_control_and_every_baseline():
+    from orchestrator.compare import COMPARE_METRICS, Comparison, markdown, verdict
+    from orchestrator.reseed import CONTROL
+
+    def row(kind, detail, value, degenerate=0):
+        out = {"label": detail, "kind": kind, "detail": detail, "n": 1, "pairs": 4,
+               "degenerate": degenerate}
+        for m in COMPARE_METRICS:
+            out[m], out[f"{m}/std"] = value[m] if isinstance(value, dict) else value, math.nan
+        return out
+
+    promoted = row("promoted", "p", {m: 2.0 for m in COMPARE_METRICS} | {"SF": 0.5})
+    rows = [promoted, row("seeds", CONTROL, 1.0), row("seeds", "trial x", 3.0),
+            row("reference", "ref", 2.5), row("baseline", "gff", {m: 1.5 for m in
+                                                                  COMPARE_METRICS} | {"EN": 2.2})]
+    v = verdict(rows)  # the best-config seeds row is not a rival; SF lost, EN lost to gff
+    assert v["won"] == [m for m in COMPARE_METRICS if m not in ("SF", "EN")]
+    assert v["lost"] == ["EN", "SF"] and v["won_vs_references"] == [] and v["goal_met"]
+    rows[0]["degenerate"] = 1
+    assert not verdict(rows)["goal_met"]
+    md = markdown(Comparison("s", [{"set": "x-test", "convention": "cdd", "rows": rows,
+                                    "verdict": verdict(rows)}]))
+    assert "| p | 2 | 2 | 2 | 0.5 |" in md and "on 7/9 metrics" in md and "not met" in md

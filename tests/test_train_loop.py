@@ -244,3 +244,22 @@ def test_tune_sees_a_flagged_evaluation_worsened_by_the_penalty():
     assert out["val/Qabf"] == pytest.approx(0.6 - 1000) and out["val/MSE"] == 1010.0
     assert flagged["val/Qabf"] == 0.6  # the measured values (MLflow) are untouched
     assert penalise_degenerate(flagged, TuneSpec(degenerate_penalty=0)) == flagged
+
+
+def test_extra_training_sets_join_the_patch_stream(tiny, tmp_path):
+    """``data.extra_train``: the loader draws from the union of the sets' patch stores (so
+    an epoch over both is longer), validation stays on the main set's val split."""
+    from orchestrator.train import _setup
+
+    alone = _setup(load_spec(tiny, ["train.max_steps_per_epoch=null"]), tmp_path / "a",
+                   tmp_path / "cache")
+    both = _setup(load_spec(tiny, ["train.max_steps_per_epoch=null",
+                                   "data.extra_train=[generated:mff]"]), tmp_path / "b",
+                  tmp_path / "cache")
+    n_alone, n_both = len(alone.loader.dataset), len(both.loader.dataset)
+    mff = len(_setup(load_spec(tiny, ["data.train=generated:mff"]), tmp_path / "c",
+                     tmp_path / "cache").loader.dataset)
+    assert n_alone > 0 and mff > 0 and n_both == n_alone + mff
+    assert [p.name for p in both.val_pairs] == [p.name for p in alone.val_pairs]
+    spec = load_spec(tiny, ["data.extra_train=[generated:mff]"])
+    assert spec.in_sample_role("generated:mff:train") == "data.extra_train[0]"
