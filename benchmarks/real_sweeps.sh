@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-data quality runs of issue 11, one task after another (CPU: about 30-45 min each on
 # 2 cores). For each task: the sweep (its YAML's time budget), the best configuration and
-# the paper-default control re-trained with 3 seeds each, promotion of the best trial, and
+# the paper-default control re-trained with 3 seeds each, promotion of the best trial (alias
+# @<task> of fusion-pmgi), and
 # `orchestrator compare` on the held-out test pairs (tables in runs/real/<task>/).
 #   bash benchmarks/real_sweeps.sh ivif medical_pet mff mef
 # Skip steps already done with SKIP_SWEEP=1 (e.g. after a sweep that finished).
@@ -23,7 +24,7 @@ for task in "$@"; do
   orchestrator sweep "$spec" --name "$name" --tracking-uri "$URI" --reseed-best 1 --seeds 3 \
     --with-default --quiet > "$out/reseed.log" 2>&1
   t2=$(date +%s)
-  orchestrator promote "$name" --tracking-uri "$URI" > "$out/promote.log" 2>&1
+  orchestrator promote "$name" --alias "$task" --tracking-uri "$URI" > "$out/promote.log" 2>&1
   orchestrator compare "$name" --out "$out/compare" --tracking-uri "$URI" > "$out/compare.log" 2>&1
   t3=$(date +%s)
   echo "$task: sweep $((t1 - t0)) s, reseed $((t2 - t1)) s, promote+compare $((t3 - t2)) s" \

@@ -78,7 +78,12 @@ def _eligible(run: Any) -> bool:
     from orchestrator.reseed import CONTROL
 
     tags = run.data.tags
-    return tags.get("reseed_of") != CONTROL and tags.get("best_flagged") != "true"
+    if tags.get("reseed_of") == CONTROL:
+        return False
+    if "best_flagged" in tags:
+        return tags["best_flagged"] != "true"
+    # a run from before the tag existed: judge it by its last evaluation's flags
+    return not run.data.metrics.get("val/degenerate", 0.0) > 0
 
 
 def pick_run(client: Any, uri: str, parent: Any, metric: str, mode: str,

@@ -170,12 +170,17 @@ def test_promote_never_picks_a_control_or_a_flagged_run():
     from orchestrator.promote import _eligible
     from orchestrator.reseed import CONTROL
 
-    def run(**tags):
-        return SimpleNamespace(data=SimpleNamespace(tags=tags))
+    def run(metrics=None, **tags):
+        return SimpleNamespace(data=SimpleNamespace(tags=tags, metrics=metrics or {}))
 
     assert _eligible(run(trial_id="a")) and _eligible(run(reseed_of="a", best_flagged="false"))
     assert not _eligible(run(reseed_of=CONTROL))
     assert not _eligible(run(trial_id="b", best_flagged="true"))
+    # best.pt unflagged although the last evaluation was flagged: the tag decides
+    assert _eligible(run({"val/degenerate": 0.25}, best_flagged="false"))
+    # no tag (an older run): its last evaluation's flags decide
+    assert not _eligible(run({"val/degenerate": 0.875}, trial_id="c"))
+    assert _eligible(run({"val/degenerate": 0.0}, trial_id="d"))
 
 
 def test_verdict_counts_metrics_won_against_the_control_and_every_baseline():
