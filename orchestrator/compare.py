@@ -70,13 +70,12 @@ def _promoted(client: Any, uri: str, parent: Any, model_ref: str | None, dst: Pa
                   "promoted", [str(resolve_checkpoint(ref, uri, dst / "promoted"))], detail=ref)
 
 
-def _seed_groups(uri: str, parent_id: str, dst: Path) -> list[Method]:
+def _seed_groups(client: Any, uri: str, parent_id: str, dst: Path) -> list[Method]:
     """The re-seeded configurations (best first as re-seeded) and the paper-default control."""
     from orchestrator.promote import has_best, resolve_checkpoint
     from orchestrator.reseed import CONTROL
-    from orchestrator.tracking import child_runs, mlflow_client
+    from orchestrator.tracking import child_runs
 
-    client = mlflow_client(uri)
     groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for run in child_runs(uri, parent_id, "attributes.status = 'FINISHED'"):
         of = run.data.tags.get("reseed_of")
@@ -96,14 +95,13 @@ def _seed_groups(uri: str, parent_id: str, dst: Path) -> list[Method]:
     return out
 
 
-def _methods(uri: str, parent: Any, spec: Any, model_ref: str | None, dst: Path) -> list[Method]:
+def _methods(client: Any, uri: str, parent: Any, spec: Any, model_ref: str | None, dst: Path
+             ) -> list[Method]:
     from fusion_models.baselines import BASELINES
     from orchestrator.promote import resolve_checkpoint
-    from orchestrator.tracking import mlflow_client
 
-    client = mlflow_client(uri)
     methods = [_promoted(client, uri, parent, model_ref, dst)]
-    methods += _seed_groups(uri, parent.info.run_id, dst)
+    methods += _seed_groups(client, uri, parent.info.run_id, dst)
     for i, ref in enumerate(spec.tune.references):
         local = resolve_checkpoint(ref, uri, dst / "references" / str(i))
         methods.append(Method(ref, "reference", [str(local)], detail=ref))
@@ -172,6 +170,7 @@ def run_compare(sweep: str, tracking_uri: str, out_dir: str, cache_dir: str,
         ValueError: an unknown sweep, one without a disjoint test set, no promoted version,
             or no paper-default control runs.
     """
+    from orchestrator.evaluate import plan_items
     from orchestrator.final_eval import evaluation_pair_sets
     from orchestrator.promote import find_sweep
     from orchestrator.report_data import read_spec
@@ -186,8 +185,7 @@ def run_compare(sweep: str, tracking_uri: str, out_dir: str, cache_dir: str,
         raise ValueError(f"compare: sweep {sweep!r} has no test set (tune.test_data): its "
                          "validation pairs chose the checkpoints, so they cannot judge them")
     out = Path(out_dir)
-    methods = _methods(tracking_uri, parent, spec, model_ref, out / "checkpoints")
-    from orchestrator.evaluate import plan_items
+    methods = _methods(client, tracking_uri, parent, spec, model_ref, out / "checkpoints")
 
     result = Comparison(parent.data.tags.get("sweep_name", sweep))
     conventions = ["cdd", "vifb"] if spec.run.data.task == "ivif" else ["cdd"]
