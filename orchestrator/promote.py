@@ -101,15 +101,20 @@ def pick_run(client: Any, uri: str, parent: Any, metric: str, mode: str,
         return kids[0]
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
-    scored = [(v, r) for r in child_runs(uri, pid, "attributes.status = 'FINISHED'")
+    finished = child_runs(uri, pid, "attributes.status = 'FINISHED'")
+    scored = [(v, r) for r in finished
               if (v := _metric_value(r, metric)) is not None and _eligible(r)]
+    excluded = sum(not _eligible(r) for r in finished)
     scored.sort(key=lambda vr: vr[0], reverse=mode == "max")
     for _, run in scored:
         if has_best(client, run.info.run_id):
             return run
         log.info("skipping run %s: no %s", run.info.run_id, BEST)
     raise ValueError(f"no candidate run in sweep {parent.data.tags.get('sweep_name')!r}: none "
-                     f"of {len(scored)} FINISHED child run(s) with a finite {metric!r} has {BEST}")
+                     f"of {len(scored)} FINISHED child run(s) with a finite {metric!r} has {BEST}"
+                     + (f"; {excluded} run(s) left out as degenerate-flagged or paper-default "
+                        "control (name one with --run-id to promote it anyway)"
+                        if excluded else ""))
 
 
 def promote(sweep: str, tracking_uri: str, metric: str = "val/Qabf", mode: str = "max",

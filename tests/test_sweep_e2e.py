@@ -57,7 +57,11 @@ def test_ufgan_sweep_ray_train_promote_fuse_eval(ray_local, tmp_path, monkeypatc
     fused_best = tmp_path / "ray_results" / "e2e" / "best_fused"
     assert len(list(fused_best.glob("*.png"))) == 2  # the smoke run's 2 validation pairs
 
-    out = _ok(["promote", "e2e", "--alias", "champion"])
+    # the smoke models copy a source (best.pt flagged): promote picks none of them by itself
+    assert {c.data.tags["best_flagged"] for c in children} == {"true"}
+    res = CliRunner().invoke(main, ["promote", "e2e", "--alias", "champion"])
+    assert res.exit_code != 0 and "2 run(s) left out as degenerate-flagged" in res.output
+    out = _ok(["promote", "e2e", "--alias", "champion", "--run-id", best_id])
     version = client.get_model_version_by_alias("fusion-ufgan", "champion")
     assert version.run_id == best_id and "fusion-ufgan" in out
 
