@@ -125,10 +125,15 @@ def reseed(spec_path: str, name: str | None, top_n: int, seeds: int, tracking_ur
                f"({len(out.rows)} trials, {len(errors)} errored; Tune run {out.name})")
     for r in errors:
         click.echo(f"  errored: config {r['reseed_of']} seed {r['seed']}: {r['error']}")
+    from orchestrator.reseed import CONTROL
+
     for s in out.stats:
-        parts = [f"{m} sweep {s[m]:.4f} / seeds {s[m + '/mean']:.4f} ± {s[m + '/std']:.4f} "
+        control = s["trial_id"] == CONTROL
+        parts = [(f"{m} " if control else f"{m} sweep {s[m]:.4f} / ")
+                 + f"seeds {s[m + '/mean']:.4f} ± {s[m + '/std']:.4f} "
                  f"[{s[m + '/min']:.4f}, {s[m + '/max']:.4f}]" for m in out.metrics]
-        click.echo(f"  trial {s['trial_id']} (seeds {s['seeds']}): " + "; ".join(parts))
+        who = "paper-default control" if control else f"trial {s['trial_id']}"
+        click.echo(f"  {who} (seeds {s['seeds']}): " + "; ".join(parts))
     click.echo(f"logged on the sweep's parent run {out.parent_run_id}: seed_variance.csv/.json")
     click.echo(f"next: orchestrator promote {out.sweep}; orchestrator compare {out.sweep} "
                "--out compare/")

@@ -130,6 +130,8 @@ def test_reseed_trains_the_best_configs_again_and_logs_the_spread(swept):
             assert s[f"{m}/std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
             assert s[m] == pytest.approx(by_trial[s["trial_id"]][m])
     assert f"trial {best[0]} (seeds [1, 2])" in swept["reseed_output"]
+    assert "paper-default control (seeds [1, 2])" in swept["reseed_output"]
+    assert "trial paper-default" not in swept["reseed_output"]
 
 
 def test_compare_sets_the_promoted_model_against_the_control_refs_and_baselines(swept):
