@@ -17,6 +17,7 @@ from fusion_models.models.densefuse import DenseFuse
 from fusion_models.models.fusiongan import FusionGAN
 from fusion_models.models.mffgan import MFFGAN
 from fusion_models.models.pmgi import PMGI
+from fusion_models.models.tardal import TarDAL
 from fusion_models.models.ufgan import UFGAN
 
 MODELS: dict[str, type[FusionModel]] = {
@@ -26,6 +27,7 @@ MODELS: dict[str, type[FusionModel]] = {
     "ufgan": UFGAN,
     "densefuse": DenseFuse,
     "pmgi": PMGI,
+    "tardal": TarDAL,
 }
 
 

@@ -139,3 +139,56 @@ def g_adv_loss(d: nn.Module, fake: Tensor, kind: Adversarial) -> Tensor:
     if kind == "wgan_gp":
         return -out.mean()
     raise ValueError(f"unknown adversarial kind {kind!r}; valid: lsgan, wgan_gp, bce")
+
+
+def gaussian_blur_separable(x: Tensor, sigma: float, radius: int) -> Tensor:
+    """Gaussian blur of (B, C, H, W) with a normalised (2 radius + 1)-tap kernel, applied as a
+    row then a column pass with ZERO padding (= the 2-D zero-padded convolution)."""
+    ax = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    g = (g / g.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, 2 * radius + 1)
+    x = F.conv2d(x, g, padding=(0, radius), groups=x.shape[1])
+    return F.conv2d(x, g.transpose(2, 3), padding=(radius, 0), groups=x.shape[1])
+
+
+def ms_ssim_l1_loss(x: Tensor, y: Tensor, sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0),
+                    alpha: float = 0.025, compensation: float = 200.0) -> Tensor:
+    """Zhao et al.'s mixed MS-SSIM + L1 loss as kornia's ``MS_SSIMLoss`` defines it (TarDAL's
+    ``src_fn: v1``, models.md §7.2): per pixel, with Gaussians G_s of every sigma s (taps
+    4 * max(sigma) + 1, zero padding, data range 1, K = (0.01, 0.03)),
+    ``loss = compensation * (alpha * (1 - l_M * prod_s cs_s) + (1 - alpha) * G_max * |x - y|)``
+    where l_M is the luminance term at the largest sigma; mean over pixels and batch.
+
+    Args:
+        x, y: (B, 1, H, W) in [0, 1].
+
+    Returns:
+        Scalar loss (0 for x == y).
+    """
+    radius = int(2 * sigmas[-1])
+    c1, c2 = 0.01**2, 0.03**2
+    cs_prod: Tensor | None = None
+    lum = x
+    for s in sigmas:
+        mx, my = gaussian_blur_separable(x, s, radius), gaussian_blur_separable(y, s, radius)
+        sxx = gaussian_blur_separable(x * x, s, radius) - mx * mx
+        syy = gaussian_blur_separable(y * y, s, radius) - my * my
+        sxy = gaussian_blur_separable(x * y, s, radius) - mx * my
+        cs = (2 * sxy + c2) / (sxx + syy + c2)
+        cs_prod = cs if cs_prod is None else cs_prod * cs
+        lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+    ms_ssim_term = 1.0 - lum * cs_prod
+    l1_term = gaussian_blur_separable((x - y).abs(), sigmas[-1], radius)
+    return (compensation * (alpha * ms_ssim_term + (1 - alpha) * l1_term)).mean()
+
+
+def wgan_div_penalty(d: nn.Module, real: Tensor, fake: Tensor, power: float = 6.0,
+                     eps: float = 1e-6) -> Tensor:
+    """TarDAL's WGAN-div term (functions/div_loss.py): ``E ||grad D(x_hat) + eps||_2 ^ power`` on
+    random interpolates x_hat = alpha * real + (1 - alpha) * fake, one alpha per sample (eps is
+    added to every gradient element before the norm, as coded)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, dtype=real.dtype, device=real.device)
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    out = d(x_hat)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.reshape(grad.shape[0], -1) + eps).norm(dim=1) ** power).mean()
