@@ -252,9 +252,8 @@ def load_spec_and_extras(path: str | Path, overrides: list[str] | tuple[str, ...
         items = _smoke_items(raw, path) if smoke else []
         items += [parse_override(o) for o in overrides]
         for keys, value in items:
-            if keys in (["data", "train"], ["data", "val"]) and isinstance(value, str) \
-                    and not value.startswith(GENERATED):
-                value = str(Path(value).resolve())  # typed paths are relative to the CWD
+            if keys in _TYPED_PATH_KEYS:
+                value = _cwd_paths(value)  # typed paths are relative to the CWD
             apply_override(raw, keys, value, fields)
         raw.setdefault("base_dir", str(path.resolve().parent))
         extras = {k: raw.pop(k) for k in SWEEP_KEYS if k in raw}
@@ -265,6 +264,21 @@ def load_spec_and_extras(path: str | Path, overrides: list[str] | tuple[str, ...
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ValueError(f"{path}: {message}") from None
     return spec, extras
+
+
+#: ``--set`` keys holding set folders: a typed relative path means the working directory
+_TYPED_PATH_KEYS = (["data", "train"], ["data", "val"], ["data", "extra_train"],
+                    ["tune", "test_data"])
+
+
+def _cwd_paths(value: Any) -> Any:
+    """A set folder (or a list of them) typed on the command line, resolved against the
+    working directory; ``generated:...`` entries and non-strings stay as they are."""
+    if isinstance(value, list):
+        return [_cwd_paths(v) for v in value]
+    if isinstance(value, str) and not value.startswith(GENERATED):
+        return str(Path(value).resolve())
+    return value
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),

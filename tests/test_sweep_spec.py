@@ -162,3 +162,19 @@ def test_trial_drivers_can_be_pinned_to_a_head_resource():
     check_resources(spec, {"CPU": 10.0, "GPU": 1.0, "driver": 16.0}, head_only)
     with pytest.raises(SweepError, match="offers no 'driver' resource"):
         check_resources(spec, {"CPU": 10.0, "GPU": 1.0}, [{"CPU": 6.0}, {"CPU": 4.0, "GPU": 1.0}])
+
+
+def test_set_folders_typed_on_the_command_line_are_relative_to_the_working_directory(
+        tmp_path, monkeypatch):
+    """`--set data.train=splits/x/train --set 'tune.test_data=[splits/x/test]'` means folders
+    under the directory the user runs in, for every set key (not the YAML's folder)."""
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml", [
+        "data.train=splits/x/train", "data.val=splits/x/val",
+        "tune.test_data=[splits/x/test]", "data.extra_train=[more, generated:mff]"])
+    here = tmp_path.resolve()
+    assert spec.run.resolve_path(spec.run.data.train) == str(here / "splits/x/train")
+    assert spec.tune.test_data == [str(here / "splits/x/test")]
+    assert spec.run.data.extra_train == [str(here / "more"), "generated:mff"]
+    in_yaml = load_sweep(REPO / "search_spaces" / "real" / "pmgi_mff.yaml")  # YAML-relative
+    assert in_yaml.tune.test_data == ["../../splits/mff/test"]
