@@ -12,10 +12,12 @@ import torch
 from pydantic import ValidationError
 
 from fusion_models.models.base import FusionModel
+from fusion_models.models.cnncp import CNNCP
 from fusion_models.models.ddcgan import DDcGAN
 from fusion_models.models.densefuse import DenseFuse
 from fusion_models.models.fusiongan import FusionGAN
 from fusion_models.models.mffgan import MFFGAN
+from fusion_models.models.mfifgan import MFIFGAN
 from fusion_models.models.pmgi import PMGI
 from fusion_models.models.tardal import TarDAL
 from fusion_models.models.ufgan import UFGAN
@@ -28,6 +30,8 @@ MODELS: dict[str, type[FusionModel]] = {
     "densefuse": DenseFuse,
     "pmgi": PMGI,
     "tardal": TarDAL,
+    "cnncp": CNNCP,
+    "mfifgan": MFIFGAN,
 }
 
 

@@ -189,6 +189,7 @@ ADVERSARIAL = [n for n in MODELS
                if "adversarial" in registry.get_model_class(n).Config.model_fields]
 # The authors' discriminators: BN layers per model (models.md §1.3, §2.2, §3.2 x 2 Ds, §4.2).
 PAPER_D_BATCHNORMS = {"ufgan": 4, "fusiongan": 3, "ddcgan": 2 + 2, "mffgan": 3}
+PAPER_D_BATCHNORMS["mfifgan"] = 2 + 3  # §8, model.py: BN after 2 doubling + 3 keeping convs
 
 
 def _discriminators(model) -> list[torch.nn.Module]:
