@@ -215,7 +215,9 @@ def parse_generated(name: str) -> tuple[str, str]:
     kind, _, split = name.partition(":")
     split = split or "train"
     if kind not in _MAKERS:
-        raise ValueError(f"unknown generated set kind '{kind}'; known kinds: {', '.join(_MAKERS)}")
+        hint = " (pansharpening: data.pansharpen.generated_pan_set)" if kind == "pan" else ""
+        raise ValueError(f"unknown generated set kind '{kind}'; known kinds: {', '.join(_MAKERS)}"
+                         + hint)
     if split not in SPLITS:
         raise ValueError(f"generated:{name}: unknown split '{split}'; known splits: "
                          f"{', '.join(SPLITS)}")

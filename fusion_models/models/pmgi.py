@@ -31,7 +31,8 @@ Deliberate deviations from the authors' code:
   ``"image_fresh"`` also drops those (weight 1, bias 0), which is exactly the authors' test
   graph: their test_one_image.py rebuilds BN fresh and loads only the conv variables.
 - ``task="pan"`` is the Pan_shapening folder's network and loss (no BN, A = the "ir" input,
-  B = the "vi" input); its data layout and post-network histogram matching are not here yet.
+  B = the "vi" input); the pan data layout, the per-band fusion, the authors' post-network
+  histogram matching and a training function are in :mod:`fusion_models.pansharpen_pmgi`.
 - ``fuse`` returns [0, 1] clamped, without the per-image min-max stretch of scipy imsave (§0.5)
   unless ``output_stretch`` (set by the imported released checkpoints).
 - ``epochs`` is each main.py's training flag; the authors' test scripts then load an earlier
