@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
+from fusion_models.models.attentionfgan import AttentionFGAN
 from fusion_models.models.base import FusionModel
 from fusion_models.models.cnncp import CNNCP
 from fusion_models.models.ddcgan import DDcGAN
@@ -26,12 +27,13 @@ MODELS: dict[str, type[FusionModel]] = {
     "fusiongan": FusionGAN,
     "ddcgan": DDcGAN,
     "mffgan": MFFGAN,
+    "mfifgan": MFIFGAN,
     "ufgan": UFGAN,
     "densefuse": DenseFuse,
     "pmgi": PMGI,
     "tardal": TarDAL,
     "cnncp": CNNCP,
-    "mfifgan": MFIFGAN,
+    "attentionfgan": AttentionFGAN,
 }
 
 

@@ -188,8 +188,10 @@ def test_a_subclass_overriding_fuse_still_gets_the_contract():
 ADVERSARIAL = [n for n in MODELS
                if "adversarial" in registry.get_model_class(n).Config.model_fields]
 # The authors' discriminators: BN layers per model (models.md §1.3, §2.2, §3.2 x 2 Ds, §4.2).
-PAPER_D_BATCHNORMS = {"ufgan": 4, "fusiongan": 3, "ddcgan": 2 + 2, "mffgan": 3}
-PAPER_D_BATCHNORMS["mfifgan"] = 2 + 3  # §8, model.py: BN after 2 doubling + 3 keeping convs
+# MFIF-GAN: BN after its 2 channel-doubling and 3 channel-keeping convs (§8, model.py);
+# AttentionFGAN (no code): FusionGAN's D trunk, 3 BN, in each of its 2 Ds.
+PAPER_D_BATCHNORMS = {"ufgan": 4, "fusiongan": 3, "ddcgan": 2 + 2, "mffgan": 3,
+                      "mfifgan": 2 + 3, "attentionfgan": 3 + 3}
 
 
 def _discriminators(model) -> list[torch.nn.Module]:
