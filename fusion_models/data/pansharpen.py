@@ -31,12 +31,8 @@ every ratio x ratio block (the mean of the central 2 x 2 pixels for even ratios,
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -329,34 +325,10 @@ def generated_pan_set(name: str, root: str | Path, n: int = 8, size: int = 256, 
     seed += offset
     tag = "pan" if split == "train" else f"pan-{split}"
     folder = Path(root) / f"{tag}-n{n}-s{size}-r{ratio}-seed{seed}-v{PAN_VERSION}"
-    marker = folder / ".generated.json"
-    if folder.exists():
-        if not marker.is_file():
-            raise DataError(f"'{folder}' exists but is not a generated set (no {marker.name})")
-        return open_pan_set(folder, ratio)
     params = {"kind": "pan", "split": split, "n": n, "size": size, "ratio": ratio,
               "seed": seed, "version": PAN_VERSION, "skimage": skimage.__version__,
               "opencv": cv2.__version__}
-    Path(root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=root))
-    try:
-        make_pan(tmp, n=n, size=size, seed=seed, photos=photos, ratio=ratio)
-        (tmp / marker.name).write_text(json.dumps(params, indent=1))
-        os.rename(tmp, folder)
-    except OSError:
-        if not marker.is_file():  # a twin process finished first: use its folder
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    synthetic.build_generated_folder(folder, params, lambda tmp: make_pan(
+        tmp, n=n, size=size, seed=seed, photos=photos, ratio=ratio))
     return open_pan_set(folder, ratio)
-
-
-def resolve_pan_set(value: str, cache_dir: str | Path, ratio: int = DEFAULT_RATIO,
-                    **generated: int) -> PanSet:
-    """A set folder, or ``generated:pan[:split]`` (cached under ``cache_dir/generated``;
-    ``generated`` passes n, size, seed)."""
-    if value.startswith("generated:"):
-        return generated_pan_set(value.split(":", 1)[1], Path(cache_dir) / "generated",
-                                 ratio=ratio, **generated)
-    return open_pan_set(value, ratio)
 

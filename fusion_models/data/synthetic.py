@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -262,16 +263,28 @@ def generated_set(
         "skimage": skimage.__version__,
         "opencv": cv2.__version__,
     }
+    build_generated_folder(folder, params,
+                           lambda tmp: maker(tmp, n=n, size=size, seed=seed, photos=photos))
+    return open_pair_set(folder, task=task)
+
+
+def build_generated_folder(folder: Path, params: dict, make: Callable[[Path], object]) -> None:
+    """Create ``folder`` atomically with ``make(tmp_folder)`` and a ``.generated.json`` marker
+    holding ``params`` (built in a sibling temporary folder, then renamed), or reuse it.
+
+    Raises:
+        DataError: ``folder`` exists without the marker (not a generated set).
+    """
     marker = folder / ".generated.json"
     if folder.exists():
         if not marker.is_file():
             raise DataError(f"'{folder}' exists but is not a generated set (no {marker.name})")
         logger.info("reusing generated set %s", folder)
-        return open_pair_set(folder, task=task)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=root))
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     try:
-        maker(tmp, n=n, size=size, seed=seed, photos=photos)
+        make(tmp)
         (tmp / marker.name).write_text(json.dumps(params, indent=1))
         os.rename(tmp, folder)
     except OSError:
@@ -279,4 +292,3 @@ def generated_set(
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return open_pair_set(folder, task=task)
