@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ class EvalArgs:
     model: str | None = None
     tracking_uri: str | None = None
     references: tuple[str, ...] = ()
+    register: str | None = None  # rigid|affine|homography: warp B onto A before fusing/scoring
+    misalign_threshold: float = math.inf  # warn when B is off A by more (the CLI default: 1 px)
 
 
 def cache_dir() -> Path:
@@ -169,15 +172,35 @@ def _run(args: EvalArgs) -> dict[str, EvalReport]:
         alone = len(rows) == 1 and args.method is None
         for label, _ in rows:
             settings = make_settings(metric_names, conv, None, rule, args.device,
-                                     _out(args, label, alone), model=str(local[label]))
+                                     _out(args, label, alone), model=str(local[label]),
+                                     **_guard(args))
             reports[label] = _evaluate(items, settings, args)
     if args.method is not None or not rows:
         for method in _methods(args.method):
             out = str(Path(args.out_dir) / method) if args.out_dir and method else None
-            settings = make_settings(metric_names, conv, method, rule, args.device, out)
+            settings = make_settings(metric_names, conv, method, rule, args.device, out,
+                                     **_guard(args))
             reports[method or "fused"] = _evaluate(items, settings, args)
+    _warn_misaligned(reports, args)
     _emit(reports, pair_set, args)
     return reports
+
+
+def _guard(args: EvalArgs) -> dict[str, object]:
+    return {"register": args.register, "misalign_threshold": args.misalign_threshold}
+
+
+def _warn_misaligned(reports: dict[str, EvalReport], args: EvalArgs) -> None:
+    """Log the misregistration guard's findings once per pair (every row measures the same
+    sources; the first row that has a pair's estimate speaks for it)."""
+    from orchestrator.fuse import log_alignment
+
+    seen: set[str] = set()
+    for report in reports.values():
+        for r in report.results:
+            if r.alignment is not None and r.name not in seen:
+                seen.add(r.name)
+                log_alignment(r.name, r.alignment, args.misalign_threshold, args.register)
 
 
 def _emit(reports: dict[str, EvalReport], pair_set: PairSet, args: EvalArgs) -> None:

@@ -70,6 +70,8 @@ class EvalSettings:
     batch_size: int = 8
     out_dir: str | None = None
     model: str | None = None  # a local checkpoint to fuse with (``--model`` after resolving)
+    register: str | None = None  # rigid|affine|homography: warp B onto A first (``--register``)
+    misalign_threshold: float = math.inf  # measure B's misalignment unless inf (see _align)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class PairResult:
     read_s: float = 0.0
     fuse_s: float = 0.0
     metrics_s: float = 0.0
+    alignment: dict[str, float] | None = None  # Misalignment.summary() of B, when measured
 
 
 @dataclass
@@ -241,8 +244,25 @@ def _fused_batch(batch: Sequence[_Loaded], a: Tensor, b: Tensor, s: EvalSettings
     return fused
 
 
+def _align(x: _Loaded, settings: EvalSettings) -> dict[str, float] | None:
+    """Measure B's misalignment (finite ``misalign_threshold``) or warp B onto A (``register``,
+    all channels; ``x.b`` is replaced); the estimate's summary, or None when neither is asked."""
+    check = math.isfinite(settings.misalign_threshold)
+    if settings.register is None and not check:
+        return None
+    from fusion_models.registration import align_sources
+
+    a, b = (t.permute(1, 2, 0).numpy() for t in (x.a, x.b))  # (H, W, C) 0..255
+    aligned, found = align_sources(a, np.ascontiguousarray(b), settings.register, check)
+    if settings.register is not None and found is not None and found.ok:
+        x.b = torch.from_numpy(np.ascontiguousarray(aligned)).permute(2, 0, 1).contiguous()
+    return None if found is None else found.summary()
+
+
 def score_batch(batch: Sequence[_Loaded], settings: EvalSettings) -> list[PairResult]:
-    """Fuse (if a method is set) and measure a batch of same-size pairs on ``settings.device``."""
+    """Fuse (if a method is set) and measure a batch of same-size pairs on ``settings.device``;
+    B is measured for misalignment or registered onto A first when the settings ask."""
+    alignment = [_align(x, settings) for x in batch]
     device = torch.device(settings.device)
     a = torch.stack([x.a for x in batch]).to(device)
     b = torch.stack([x.b for x in batch]).to(device)
@@ -269,6 +289,7 @@ def score_batch(batch: Sequence[_Loaded], settings: EvalSettings) -> list[PairRe
             read_s=x.read_s,
             fuse_s=(t1 - t0) / n,
             metrics_s=(t2 - t1) / n,
+            alignment=alignment[i],
         )
         for i, x in enumerate(batch)
     ]
@@ -330,11 +351,21 @@ def make_settings(
     device: str,
     out_dir: str | None = None,
     model: str | None = None,
+    register: str | None = None,
+    misalign_threshold: float = math.inf,
 ) -> EvalSettings:
-    """Validated settings (unknown convention/metric names raise KeyError with the valid ones)."""
+    """Validated settings (unknown convention/metric names raise KeyError with the valid ones;
+    an unknown ``register`` model or a negative ``misalign_threshold`` raise ValueError)."""
+    from fusion_models.registration import MODELS
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if register is not None and register not in MODELS:
+        raise ValueError(f"unknown registration model {register!r}; valid: {', '.join(MODELS)}")
+    if not misalign_threshold >= 0:
+        raise ValueError(f"misalign threshold must be >= 0 px, got {misalign_threshold}")
     return EvalSettings(
         metrics=tuple(metrics), convention=get_convention(convention), method=method,
         colour_rule=colour_rule, device=device, out_dir=out_dir, model=model,
+        register=register, misalign_threshold=misalign_threshold,
     )

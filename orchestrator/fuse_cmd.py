@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -16,11 +17,14 @@ from orchestrator.train import resolve_device
 def run_fuse(checkpoint: str, data: str | None, out_dir: str | None, file_a: str | None,
              file_b: str | None, out_file: str | None, task: str | None, colour_rule: str,
              device: str, batch_size: int, quiet: bool,
-             tracking_uri: str | None = None) -> list[Path]:
+             tracking_uri: str | None = None, register: str | None = None,
+             misalign_threshold: float = math.inf) -> list[Path]:
     """Fuse a set folder (``--data`` + ``--out``) or one pair of files (``--a --b -o``).
 
     ``checkpoint`` is a file or a ``models:/`` / ``runs:/`` reference, fetched and verified by
-    :func:`orchestrator.promote.resolve_checkpoint`.
+    :func:`orchestrator.promote.resolve_checkpoint`. Each pair's B is warped onto A first with
+    ``register`` (rigid|affine|homography), else measured and a warning logged when it is off
+    by more than ``misalign_threshold`` px (inf: not measured).
     """
     from orchestrator.console import progress_bar
     from orchestrator.promote import resolve_checkpoint
@@ -35,12 +39,14 @@ def run_fuse(checkpoint: str, data: str | None, out_dir: str | None, file_a: str
             if not (file_a and file_b and out_file):
                 raise click.UsageError("--a, --b and -o go together")
             rule = default_rule(task) if colour_rule == "auto" else colour_rule
-            return [fuse_files(model, file_a, file_b, out_file, rule)]
+            return [fuse_files(model, file_a, file_b, out_file, rule, register,
+                               misalign_threshold)]
         if not out_dir:
             raise click.UsageError("--data needs --out DIR")
         pair_set = open_pair_set(data, task=task)
         rule = default_rule(task or pair_set.task) if colour_rule == "auto" else colour_rule
         with progress_bar(f"fuse {model.name}", len(pair_set.pairs), not quiet) as advance:
-            return fuse_set(model, pair_set, out_dir, rule, batch_size, advance)
+            return fuse_set(model, pair_set, out_dir, rule, batch_size, advance, register,
+                            misalign_threshold)
     except DataError as exc:
         raise click.ClickException(str(exc)) from exc
