@@ -9,6 +9,7 @@ import click
 
 from fusion_models.metrics import REPORT_METRICS
 from orchestrator import eval_cmd
+from orchestrator.pan_cmd import pan_eval_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -391,6 +392,9 @@ def _ui_links(uri: str, base: str) -> list[str]:
         lines.append(f"  sweep {s.name}: {runs_url(base, s.experiment_id, s.run_id)}"
                      f"  (parent run: its trials under Child runs{note})")
     return lines
+
+
+main.add_command(pan_eval_command)  # orchestrator/pan_cmd.py
 
 
 if __name__ == "__main__":
