@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -156,21 +158,39 @@ def check_page(url: str, expressions: dict[str, str] | None = None,
     """Load ``url`` in a fresh headless Chromium and report what happened; with ``wait_for``
     (a JavaScript expression), evaluate and screenshot only once it is true (TimeoutError
     after ``timeout`` s)."""
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile for a moment after the
+    # browser exits: they run in its own session (killed as a group) and a profile folder that
+    # cannot be removed at once is left to the system's temp cleaning, never a test failure.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
              f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             return asyncio.run(_run(url, expressions or {}, selectors or [],
                                     Path(profile) / "DevToolsActivePort", wait_for, timeout))
         finally:
-            proc.terminate()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM Chromium's whole process group; SIGKILL what is left of it after 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the browser so only live helpers keep the group alive
             try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                proc.wait()
+                return
+            time.sleep(0.05)
+    proc.wait()
 
 
 def image_stats(png: bytes) -> dict[str, float]:
