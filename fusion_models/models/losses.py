@@ -141,12 +141,17 @@ def g_adv_loss(d: nn.Module, fake: Tensor, kind: Adversarial) -> Tensor:
     raise ValueError(f"unknown adversarial kind {kind!r}; valid: lsgan, wgan_gp, bce")
 
 
-def gaussian_blur_separable(x: Tensor, sigma: float, radius: int) -> Tensor:
+def gaussian_blur_separable(x: Tensor, sigma: float, radius: int, pad: str = "zeros") -> Tensor:
     """Gaussian blur of (B, C, H, W) with a normalised (2 radius + 1)-tap kernel, applied as a
-    row then a column pass with ZERO padding (= the 2-D zero-padded convolution)."""
+    row then a column pass; ``pad``: ``zeros`` (= the 2-D zero-padded convolution) or
+    ``replicate`` (edge pixels repeated, as MATLAB ``imgaussfilt``). Same shape out."""
     ax = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     g = torch.exp(-(ax**2) / (2 * sigma**2))
     g = (g / g.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, 2 * radius + 1)
+    if pad != "zeros":
+        x = F.pad(x, (radius,) * 4, mode=pad)
+        x = F.conv2d(x, g, groups=x.shape[1])
+        return F.conv2d(x, g.transpose(2, 3), groups=x.shape[1])
     x = F.conv2d(x, g, padding=(0, radius), groups=x.shape[1])
     return F.conv2d(x, g.transpose(2, 3), padding=(radius, 0), groups=x.shape[1])
 

@@ -70,7 +70,7 @@ from fusion_models.models.base import (
     FusionModel,
     set_requires_grad,
 )
-from fusion_models.models.losses import d_loss, g_adv_loss, laplacian4
+from fusion_models.models.losses import d_loss, g_adv_loss, gaussian_blur_separable, laplacian4
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +139,7 @@ class Config(AdversarialConfig):
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur, MATLAB ``imgaussfilt`` defaults: kernel 2*ceil(2 sigma)+1,
     replicate padding. x: (B, C, H, W), any range -> same shape."""
-    radius = math.ceil(2 * sigma)
-    ax = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    g = torch.exp(-(ax**2) / (2 * sigma**2))
-    g = (g / g.sum()).expand(x.shape[1], 1, -1)
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, g[:, :, None, :], groups=x.shape[1])
-    return F.conv2d(x, g[:, :, :, None], groups=x.shape[1])
+    return gaussian_blur_separable(x, sigma, math.ceil(2 * sigma), "replicate")
 
 
 def blob_masks(n: int, height: int, width: int, like: Tensor) -> Tensor:

@@ -180,9 +180,7 @@ def ir_saliency(ir: Tensor, kind: Saliency, sigma: float) -> Tensor:
     or ones (``none``). A flat image gives zeros (ones for ``none``)."""
     if kind == "none":
         return torch.ones_like(ir)
-    radius = max(1, int(round(3 * sigma)))
-    padded = nn.functional.pad(ir, (radius,) * 4, mode="replicate")
-    blurred = gaussian_blur_separable(padded, sigma, radius)[..., radius:-radius, radius:-radius]
+    blurred = gaussian_blur_separable(ir, sigma, max(1, int(round(3 * sigma))), "replicate")
     s = blurred - ir.mean(dim=(2, 3), keepdim=True)
     s = s.clamp_min(0) if kind == "ft_bright" else s.abs()
     lo, hi = s.amin(dim=(2, 3), keepdim=True), s.amax(dim=(2, 3), keepdim=True)
