@@ -13,9 +13,10 @@ import click
 
 from fusion_models.baselines import BASELINES
 from fusion_models.data import DataError, PairSet, default_rule, generated_set, open_pair_set
-from fusion_models.metrics import get_convention, resolve_metric_names
+from fusion_models.metrics import Convention, get_convention, resolve_metric_names
 from orchestrator.atomic import atomic_write
 from orchestrator.config import GENERATED
+from orchestrator.eval_align import alignment_cache
 from orchestrator.evaluate import (
     EvalItem,
     EvalReport,
@@ -161,6 +162,16 @@ def _run(args: EvalArgs) -> dict[str, EvalReport]:
     items = plan_items(pair_set, args.fused_dir)
     task = args.task or pair_set.task
     rule = default_rule(task) if args.colour_rule == "auto" else args.colour_rule
+    with alignment_cache():  # every row measures the same sources: estimate each pair once
+        reports = _rows(args, items, metric_names, conv, rule)
+    _warn_misaligned(reports, args)
+    _emit(reports, pair_set, args)
+    return reports
+
+
+def _rows(args: EvalArgs, items: list[EvalItem], metric_names: list[str], conv: Convention,
+          rule: str) -> dict[str, EvalReport]:
+    """Evaluate every row: --model, each --reference, then each --method (or the fused set)."""
     reports: dict[str, EvalReport] = {}
     rows = _checkpoint_rows(args)
     if rows:
@@ -181,8 +192,6 @@ def _run(args: EvalArgs) -> dict[str, EvalReport]:
             settings = make_settings(metric_names, conv, method, rule, args.device, out,
                                      **_guard(args))
             reports[method or "fused"] = _evaluate(items, settings, args)
-    _warn_misaligned(reports, args)
-    _emit(reports, pair_set, args)
     return reports
 
 

@@ -9,7 +9,11 @@ Ray Data for large sets and clusters. Both return an :class:`EvalReport` whose J
      "not_finite": {metric: number of pairs where it is undefined (left out of the mean)},
      "diagnostics": {stem: {"CC_A": ..., "SSIM_B": ..., "verdict": "copies source B"}},
      "degenerate": [stem, ...],
-     "timing": {"read_s": ..., "fuse_s": ..., "metrics_s": ..., "pairs": N}}
+     "timing": {"read_s": ..., "align_s": ..., "fuse_s": ..., "metrics_s": ...,
+               "by_metric_s": {metric: s, ..., "diagnostics": s}, "pairs": N}}
+
+``metrics_s`` is the time a user waits for the numbers: every metric and the degenerate
+diagnostics (``by_metric_s`` splits it); ``align_s`` the misregistration check or registration.
 """
 
 from __future__ import annotations
@@ -38,10 +42,18 @@ from fusion_models.data import (
     to_tensor255,
     write_image,
 )
-from fusion_models.metrics import METRICS, Convention, compute_metrics, get_convention, to_gray
+from fusion_models.metrics import (
+    METRICS,
+    Convention,
+    compute_metrics,
+    get_convention,
+    shared_work,
+    to_gray,
+)
 from fusion_models.metrics.diagnostics import degeneracy, describe
 from fusion_models.metrics.ssim import psnr_gt, ssim_gt
 from orchestrator.atomic import atomic_open, atomic_write
+from orchestrator.eval_align import align_item
 
 log = logging.getLogger(__name__)
 GT_METRICS = {"PSNR_GT": True, "SSIM_GT": True}  # full-reference, higher is better
@@ -83,6 +95,8 @@ class PairResult:
     fuse_s: float = 0.0
     metrics_s: float = 0.0
     alignment: dict[str, float] | None = None  # Misalignment.summary() of B, when measured
+    align_s: float = 0.0
+    metric_s: dict[str, float] = field(default_factory=dict)  # share of the batch, + diagnostics
 
 
 @dataclass
@@ -120,11 +134,22 @@ class EvalReport:
             "degenerate": [r.name for r in self.results if r.diagnostics["verdict"]],
             "timing": {
                 "read_s": round(sum(r.read_s for r in self.results), 4),
+                "align_s": round(sum(r.align_s for r in self.results), 4),
                 "fuse_s": round(sum(r.fuse_s for r in self.results), 4),
                 "metrics_s": round(sum(r.metrics_s for r in self.results), 4),
+                "by_metric_s": self._by_metric(),
                 "pairs": len(self.results),
             },
         }
+
+    def _by_metric(self) -> dict[str, float]:
+        """Seconds per metric (and ``diagnostics``) over all pairs; they add up to metrics_s
+        up to the scoring's own bookkeeping."""
+        total: dict[str, float] = defaultdict(float)
+        for r in self.results:
+            for name, seconds in r.metric_s.items():
+                total[name] += seconds
+        return {name: round(seconds, 4) for name, seconds in total.items()}
 
     def write_json(self, path: str | Path) -> None:
         atomic_write(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
@@ -184,7 +209,7 @@ def _load(path: str) -> Tensor:
 
 
 @dataclass
-class _Loaded:
+class Loaded:
     item: EvalItem
     a: Tensor
     b: Tensor
@@ -193,7 +218,7 @@ class _Loaded:
     read_s: float
 
 
-def read_item(item: EvalItem) -> _Loaded:
+def read_item(item: EvalItem) -> Loaded:
     """Read one item's images; size mismatches between fused and sources raise DataError."""
     t0 = time.perf_counter()
     a, b = _load(item.path_a), _load(item.path_b)
@@ -205,7 +230,7 @@ def read_item(item: EvalItem) -> _Loaded:
                 f"{label} image {path} is {img.shape[2]}x{img.shape[1]} but its sources "
                 f"{item.path_a} and {item.path_b} are {a.shape[2]}x{a.shape[1]} (W x H)"
             )
-    return _Loaded(item, a, b, fused, gt, time.perf_counter() - t0)
+    return Loaded(item, a, b, fused, gt, time.perf_counter() - t0)
 
 
 def _diagnostic_gray(x: Tensor, conv: Convention) -> Tensor:
@@ -213,7 +238,7 @@ def _diagnostic_gray(x: Tensor, conv: Convention) -> Tensor:
     return to_gray(x, rule)
 
 
-def _write_fused(out_dir: str, batch: Sequence[_Loaded], fused: Tensor) -> None:
+def _write_fused(out_dir: str, batch: Sequence[Loaded], fused: Tensor) -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     arrays = fused.to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
     for loaded, arr in zip(batch, arrays, strict=True):
@@ -228,7 +253,7 @@ def cached_model(path: str, device: str):
     return load_checkpoint(path, map_location=device)[0]
 
 
-def _fused_batch(batch: Sequence[_Loaded], a: Tensor, b: Tensor, s: EvalSettings) -> Tensor:
+def _fused_batch(batch: Sequence[Loaded], a: Tensor, b: Tensor, s: EvalSettings) -> Tensor:
     if s.method is None and s.model is None:
         return torch.stack([x.fused for x in batch]).to(a.device)
     # Evaluate what a user gets on disk: the 8-bit image.
@@ -244,38 +269,30 @@ def _fused_batch(batch: Sequence[_Loaded], a: Tensor, b: Tensor, s: EvalSettings
     return fused
 
 
-def _align(x: _Loaded, settings: EvalSettings) -> dict[str, float] | None:
-    """Measure B's misalignment (finite ``misalign_threshold``) or warp B onto A (``register``,
-    all channels; ``x.b`` is replaced); the estimate's summary, or None when neither is asked."""
-    check = math.isfinite(settings.misalign_threshold)
-    if settings.register is None and not check:
-        return None
-    from fusion_models.registration import align_sources
-
-    a, b = (t.permute(1, 2, 0).numpy() for t in (x.a, x.b))  # (H, W, C) 0..255
-    aligned, found = align_sources(a, np.ascontiguousarray(b), settings.register, check)
-    if settings.register is not None and found is not None and found.ok:
-        x.b = torch.from_numpy(np.ascontiguousarray(aligned)).permute(2, 0, 1).contiguous()
-    return None if found is None else found.summary()
-
-
-def score_batch(batch: Sequence[_Loaded], settings: EvalSettings) -> list[PairResult]:
+def score_batch(batch: Sequence[Loaded], settings: EvalSettings) -> list[PairResult]:
     """Fuse (if a method is set) and measure a batch of same-size pairs on ``settings.device``;
     B is measured for misalignment or registered onto A first when the settings ask."""
-    alignment = [_align(x, settings) for x in batch]
+    t_align = time.perf_counter()
+    alignment = [align_item(x, settings) for x in batch]
+    align_s = (time.perf_counter() - t_align) / len(batch)
     device = torch.device(settings.device)
     a = torch.stack([x.a for x in batch]).to(device)
     b = torch.stack([x.b for x in batch]).to(device)
     t0 = time.perf_counter()
     fused = _fused_batch(batch, a, b, settings)
     t1 = time.perf_counter()
-    values = compute_metrics(fused, a, b, settings.metrics, settings.convention)
-    gray = [_diagnostic_gray(x, settings.convention) for x in (fused, a, b)]
-    if batch[0].gt is not None:
-        gt = _diagnostic_gray(torch.stack([x.gt for x in batch]).to(device), settings.convention)
-        values["PSNR_GT"], values["SSIM_GT"] = psnr_gt(gray[0], gt), ssim_gt(gray[0], gt)
-    flags = degeneracy(*gray)
-    values = {k: v.double().cpu() for k, v in values.items()}  # one sync for the whole batch
+    seconds: dict[str, float] = {}
+    with shared_work():  # the diagnostics reuse the metrics' sums of products
+        values = compute_metrics(fused, a, b, settings.metrics, settings.convention, seconds)
+        gray = [_diagnostic_gray(x, settings.convention) for x in (fused, a, b)]
+        if batch[0].gt is not None:
+            gt = _diagnostic_gray(torch.stack([x.gt for x in batch]).to(device),
+                                  settings.convention)
+            values["PSNR_GT"], values["SSIM_GT"] = psnr_gt(gray[0], gt), ssim_gt(gray[0], gt)
+        t_diag = time.perf_counter()
+        flags = degeneracy(*gray)
+        values = {k: v.double().cpu() for k, v in values.items()}  # one sync for the batch
+        seconds["diagnostics"] = time.perf_counter() - t_diag
     t2 = time.perf_counter()
     n = len(batch)
     return [
@@ -290,14 +307,16 @@ def score_batch(batch: Sequence[_Loaded], settings: EvalSettings) -> list[PairRe
             fuse_s=(t1 - t0) / n,
             metrics_s=(t2 - t1) / n,
             alignment=alignment[i],
+            align_s=align_s,
+            metric_s={k: s / n for k, s in seconds.items()},
         )
         for i, x in enumerate(batch)
     ]
 
 
-def group_batches(loaded: Sequence[_Loaded], batch_size: int) -> list[list[_Loaded]]:
+def group_batches(loaded: Sequence[Loaded], batch_size: int) -> list[list[Loaded]]:
     """Same-shape items together (sources, fused and ground truth), at most batch_size each."""
-    groups: dict[tuple, list[_Loaded]] = defaultdict(list)
+    groups: dict[tuple, list[Loaded]] = defaultdict(list)
     for x in loaded:
         key = (
             tuple(x.a.shape), tuple(x.b.shape),

@@ -21,12 +21,14 @@ Reference: ../shared/docs/metrics.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from fusion_models.metrics import basic, fmi, msssim, nabf, qabf, ssim, vif, vifb
+from fusion_models.metrics._memo import shared_work
 from fusion_models.metrics._spec import (
     PRESETS,
     Convention,
@@ -44,6 +46,7 @@ __all__ = [
     "compute_metrics",
     "get_convention",
     "resolve_metric_names",
+    "shared_work",
     "to_gray",
 ]
 
@@ -138,6 +141,7 @@ def compute_metrics(
     b: Tensor,
     names: str | Sequence[str] | None = None,
     convention: str | Convention = "cdd",
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Tensor]:
     """Compute metrics on a batch of same-size images.
 
@@ -147,6 +151,8 @@ def compute_metrics(
         b: (B, Cb, H, W) second sources (vi / MRI / far focus / over-exposed), 0..255.
         names: metric names (``None`` or ``"all"``: every registered metric).
         convention: preset name (``cdd``, ``vifb``, ``tang``, ``mpy``) or a Convention.
+        timings: when given, each metric's seconds are added to ``timings[name]`` (work it
+            shares with an earlier metric counts for the earlier one; CUDA is synchronised).
 
     Returns:
         ``{name: Tensor[B]}`` float64 values on the inputs' device.
@@ -155,10 +161,31 @@ def compute_metrics(
     metric_names = resolve_metric_names(names)
     _check_shapes(fused, a, b)
     fused, a, b = (x if x.is_floating_point() else x.float() for x in (fused, a, b))
-    if conv.colour == "vifb_per_channel":
-        return {n: _vifb_colour(METRICS[n], fused, a, b, conv) for n in metric_names}
-    gf, ga, gb = (to_gray(x, conv.colour) for x in (fused, a, b))
-    return {n: METRICS[n].fn(gf, ga, gb, conv) for n in metric_names}
+    with shared_work():  # metrics reuse each other's intermediate results (see _memo)
+        if conv.colour == "vifb_per_channel":
+            def one(n: str) -> Tensor:
+                return _vifb_colour(METRICS[n], fused, a, b, conv)
+        else:
+            gf, ga, gb = (to_gray(x, conv.colour) for x in (fused, a, b))
+
+            def one(n: str) -> Tensor:
+                return METRICS[n].fn(gf, ga, gb, conv)
+
+        if timings is None:
+            return {n: one(n) for n in metric_names}
+        return {n: timed(one, n, timings, fused.device) for n in metric_names}
+
+
+def timed(fn: Callable[[str], Tensor], name: str, timings: dict[str, float],
+          device: torch.device) -> Tensor:
+    """``fn(name)``, adding its wall seconds to ``timings[name]`` (CUDA synchronised)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    value = fn(name)
+    sync()
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    return value
 
 
 def _check_shapes(fused: Tensor, a: Tensor, b: Tensor) -> None:

@@ -40,6 +40,7 @@ from fusion_models.metrics._stats import (
     joint_histogram256,
     local_moments,
     moment_stack,
+    pixel_sum,
     row_strips,
     split_moments,
     split_moments_,
@@ -51,7 +52,7 @@ __all__ = [
     "batch_chunks", "box_mean_valid", "box_sum_valid", "check_images", "convolve2d",
     "correlate_1d", "correlate2d", "correlate_separable", "entropy", "fspecial_gaussian",
     "gaussian_taps", "gradient", "gram", "grey_levels", "histogram256", "joint_histogram256",
-    "local_moments", "moment_stack", "over_chunks", "pad2d", "row_strips", "sobel",
+    "local_moments", "moment_stack", "over_chunks", "pad2d", "pixel_sum", "row_strips", "sobel",
     "split_moments", "split_moments_", "windowed_sums",
 ]
 

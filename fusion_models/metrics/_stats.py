@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fusion_models.metrics._filters import correlate_1d
+from fusion_models.metrics._gemm import gemm_filter
 
 
 class Moments(NamedTuple):
@@ -102,6 +103,22 @@ def row_strips(rows: int, halo: int, bytes_per_row: int, device: torch.device) -
     return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
+def pixel_sum(x: Tensor) -> Tensor:
+    """Sum over every dimension after the first two: (B, R, ...) -> (B, R), accumulated and
+    returned in float64."""
+    return x.sum(dim=tuple(range(2, x.ndim)), dtype=torch.float64)
+
+
+def _exact_in_float32(images: Sequence[Tensor], taps: Sequence[float]) -> bool:
+    """True when float32 filtering is exact: integer taps and integer images whose moment
+    window sums (largest |x|^2 times the window's total weight) stay below 2**24."""
+    if any(t != int(t) for t in taps):
+        return False
+    peak = max(float(x.abs().amax()) for x in images)
+    weight = sum(abs(t) for t in taps) ** 2
+    return peak * peak * weight < 2**24 and all(torch.equal(x, x.round()) for x in images)
+
+
 def windowed_sums(
     ref: Tensor | Sequence[Tensor],
     dist: Tensor,
@@ -110,14 +127,19 @@ def windowed_sums(
     *,
     divisor: float = 1.0,
     centre: bool = False,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor | None:
     """Sum over all 'valid' window positions of a per-pixel map of local moments.
 
     The window is outer(taps, taps) (divided by ``divisor``). Strip by strip (see
-    :func:`row_strips`), the float64 moment images [ref, dist, ref^2, dist^2, ref*dist] of the
-    strip are written to reused buffers, filtered by separable direct sums, turned into
-    :class:`Moments` (variances and covariances formed in place) and handed to ``reduce``,
-    which may overwrite them and returns its map summed over the strip's pixels (B, ...).
+    :func:`row_strips`), the moment images [ref, dist, ref^2, dist^2, ref*dist] of the strip
+    are written to reused buffers, filtered (on the CPU by
+    :func:`~fusion_models.metrics._gemm.gemm_filter`'s banded matrix products, elsewhere by
+    separable direct sums), turned into :class:`Moments` (variances and covariances formed in
+    place) and handed to ``reduce``, which may overwrite them and returns its map summed over
+    the pixel dimensions (B, R, ...pixels) -> (B, ...) (:func:`pixel_sum`; the pixel layout is
+    unspecified). Integer windows on integer images (e.g. 7x7 box sums of grey levels) are
+    filtered in float32, which is exact there, and continue in float64.
 
     Args:
         ref: (B, R, H, W) references, or several (B, k, H, W) stacked along channels; any
@@ -127,6 +149,8 @@ def windowed_sums(
         divisor: the moments are the filtered values divided by this (e.g. 49 for 7x7 sums).
         centre: subtract (approximate) global means first: variances and covariances are
             unchanged, their rounding smaller, but the means are the centred ones.
+        dtype: the arithmetic: float64 (reference-exact) or float32 (~1e-6 relative, for
+            diagnostics; the images are centred and the means restored).
 
     Returns:
         The summed maps (B, ...), or None when no window fits.
@@ -138,24 +162,43 @@ def windowed_sums(
     if h < n or w < n:
         return None
     images.append(dist)
-    shift = [x.mean(dim=(-2, -1), keepdim=True).to(torch.float64) if centre else 0.0
+    restore = dtype != torch.float64
+    shift = [x.mean(dim=(-2, -1), keepdim=True).to(dtype) if centre or restore else 0.0
              for x in images]
-    strips = row_strips(h - n + 1, n - 1, b * c * w * 8, dist.device)
-    rows = strips[0].stop
-    buf = torch.empty(b, c, rows + n - 1, w, dtype=torch.float64, device=dist.device)
-    row_pass = buf.new_empty(b, c, rows + n - 1, w - n + 1)  # reused by every strip
-    col_pass = buf.new_empty(b, c, rows, w - n + 1)
+    on_cpu = dist.device.type == "cpu"
+    work = dtype
+    if on_cpu and dtype == torch.float64 and not centre and _exact_in_float32(images, taps):
+        work = torch.float32
+    if on_cpu:
+        strips = [slice(i, min(i + 64, h - n + 1)) for i in range(0, h - n + 1, 64)]
+    else:
+        strips = row_strips(h - n + 1, n - 1, b * c * w * 8, dist.device)
+    buf = torch.empty(b, c, strips[0].stop + n - 1, w, dtype=work, device=dist.device)
     total = None
     for strip in strips:
         s = strip.stop - strip.start
         x = _fill_moment_stack(buf[:, :, : s + n - 1], images, shift, strip.start, r)
-        filtered = correlate_1d(x, taps, -1, out=row_pass[:, :, : s + n - 1])
-        filtered = correlate_1d(filtered, taps, -2, out=col_pass[:, :, :s])
-        if divisor != 1.0:
-            filtered.div_(divisor)
-        part = reduce(split_moments_(filtered, r))
-        total = part if total is None else total + part
+        if on_cpu:
+            pieces = gemm_filter(x, taps)
+        else:
+            pieces = [correlate_1d(correlate_1d(x, taps, -1), taps, -2)]
+        for filtered in pieces:
+            filtered = filtered.to(dtype)
+            if divisor != 1.0:
+                filtered.div_(divisor)
+            moments = split_moments_(filtered, r)
+            if restore:
+                _restore_means(moments, shift, filtered.ndim)
+            part = reduce(moments)
+            total = part if total is None else total + part
     return total
+
+
+def _restore_means(m: Moments, shift: list[Tensor], ndim: int) -> None:
+    """Add the centring shifts (B, k, 1, 1) back to the means of a piece with ``ndim`` dims."""
+    pad = (1,) * (ndim - 2)
+    m.mu_ref.add_(torch.cat(shift[:-1], dim=1).view(*m.mu_ref.shape[:2], *pad))
+    m.mu_dist.add_(shift[-1].view(*m.mu_dist.shape[:2], *pad))
 
 
 def gram(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from fusion_models.metrics._memo import memoised
 from fusion_models.metrics._ops import (
     check_images,
     entropy,
@@ -121,7 +122,8 @@ def mi(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
         (B,) float64 >= 0 (up to TANG's bias).
     """
     check_images(fused, a, b)
-    p = over_chunks(_joint_counts, fused, a, b) / (fused.shape[-2] * fused.shape[-1])
+    counts = memoised("joint", (fused, a, b), lambda: over_chunks(_joint_counts, fused, a, b))
+    p = counts / (fused.shape[-2] * fused.shape[-1])
     h_x = entropy(p.sum(dim=-1), (-1,), base=math.e)  # (B, 2)
     h_f = entropy(p[:, 0].sum(dim=-2), (-1,), base=math.e)[:, None]
     if convention.mi_tang_saturate:
@@ -138,7 +140,7 @@ def _gram_and_sums(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
 def _global_moments(fused: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, int]:
     """Sums of products G (B, 3, 3) and sums S (B, 3) of [A, B, F], and the pixel count."""
     check_images(fused, a, b)
-    gs = over_chunks(_gram_and_sums, fused, a, b)
+    gs = memoised("gram", (fused, a, b), lambda: over_chunks(_gram_and_sums, fused, a, b))
     return gs[:, :, :3], gs[:, :, 3], fused.shape[-2] * fused.shape[-1]
 
 
@@ -183,7 +185,7 @@ def psnr(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> T
     return 10 * torch.log10(peak * peak / err)
 
 
-def _covariance(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def covariance(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Centred sums of products C = G - S S^T / N of [A, B, F]: (B, 3, 3)."""
     g, s, n = _global_moments(fused, a, b)
     return g - s[:, :, None] * s[:, None, :] / n
@@ -195,7 +197,7 @@ def cc(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
     Returns:
         (B,) float64 in [-1, 1] (NaN where an image is constant).
     """
-    c = _covariance(fused, a, b)
+    c = covariance(fused, a, b)
     var = torch.diagonal(c, dim1=1, dim2=2)
     return (c[:, :2, 2] / torch.sqrt(var[:, :2] * var[:, 2:])).mean(dim=1)
 
@@ -209,7 +211,7 @@ def scd(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Te
     Returns:
         (B,) float64 in [-2, 2].
     """
-    c = _covariance(fused, a, b)
+    c = covariance(fused, a, b)
     var_a, var_b, var_f = torch.diagonal(c, dim1=1, dim2=2).unbind(dim=1)
     c_ab, c_af, c_bf = c[:, 0, 1], c[:, 0, 2], c[:, 1, 2]
     r1 = (c_af - c_ab) / torch.sqrt((var_f - 2 * c_bf + var_b) * var_a)

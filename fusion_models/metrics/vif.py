@@ -26,12 +26,14 @@ import logging
 import torch
 from torch import Tensor
 
+from fusion_models.metrics._gemm import gemm_decimate
 from fusion_models.metrics._ops import (
     Moments,
     check_images,
     correlate_1d,
     gaussian_taps,
     over_chunks,
+    pixel_sum,
     windowed_sums,
 )
 from fusion_models.metrics._spec import PRESETS, Convention, MetricSpec
@@ -40,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 SIGMA_N_SQ = 2.0
 EPS = 1e-10
-_DIMS = (-2, -1)
 
 
 def _window(scale: int) -> list[float]:
@@ -59,12 +60,20 @@ def _scale_terms(m: Moments) -> Tensor:
     """
     s1, s2, s12 = m.var_ref, m.var_dist, m.cov
     ok1 = s1 >= EPS
-    skip = ~((s2 >= EPS) & (s12 > 0) & ok1)
+    keep = (s12 > 0).logical_and_(ok1).logical_and_(s2 >= EPS)
     g = torch.div(s12, torch.add(s1, EPS, out=m.mu_ref), out=m.mu_ref)
     sv = torch.addcmul(s2, g, s12, value=-1.0, out=s12).clamp_min_(EPS).add_(SIGMA_N_SQ)
-    num = g.square_().mul_(s1).div_(sv).log1p_().masked_fill_(skip, 0.0)
-    den = s1.masked_fill_(~ok1, 0.0).div_(SIGMA_N_SQ).log1p_()
-    return torch.stack([num.sum(dim=_DIMS), den.sum(dim=_DIMS)], dim=-1)
+    num = g.square_().mul_(s1).div_(sv).log1p_().mul_(keep)
+    den = s1.mul_(ok1).mul_(1.0 / SIGMA_N_SQ).log1p_()
+    return torch.stack([pixel_sum(num), pixel_sum(den)], dim=-1)
+
+
+def _decimate(x: Tensor, taps: list[float]) -> Tensor:
+    """Filter (B, 1, H, W) with outer(taps, taps), 'valid', keep every second row and column;
+    float64 (banded matrix products on the CPU, direct sums elsewhere)."""
+    if x.device.type == "cpu" and min(x.shape[-2:]) >= len(taps):
+        return gemm_decimate(x, taps)
+    return correlate_1d(correlate_1d(x.to(torch.float64), taps, -1, step=2), taps, -2, step=2)
 
 
 def _vifp_chunk(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -74,8 +83,7 @@ def _vifp_chunk(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
     for scale in range(1, 5):
         taps = _window(scale)
         if scale > 1:  # 'valid' filter in float64, keep every second row and column
-            images = [correlate_1d(correlate_1d(x.to(torch.float64), taps, -1, step=2),
-                                   taps, -2, step=2) for x in images]
+            images = [_decimate(x, taps) for x in images]
         sums = windowed_sums(images[:2], images[2], taps, _scale_terms, centre=True)
         if sums is not None:  # None: no window fits, the scale adds nothing
             total += sums
