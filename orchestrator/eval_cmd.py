@@ -162,7 +162,7 @@ def _run(args: EvalArgs) -> dict[str, EvalReport]:
     items = plan_items(pair_set, args.fused_dir)
     task = args.task or pair_set.task
     rule = default_rule(task) if args.colour_rule == "auto" else args.colour_rule
-    with alignment_cache():  # every row measures the same sources: estimate each pair once
+    with alignment_cache(cache_dir() / "alignment"):  # once per pair, kept by file content
         reports = _rows(args, items, metric_names, conv, rule)
     _warn_misaligned(reports, args)
     _emit(reports, pair_set, args)

@@ -145,9 +145,20 @@ def _write_pairs(root, n: int) -> None:
         cv2.imwrite(str(root / "vi" / f"{i}.png"), np.roll(base, 3, axis=1))
 
 
-def test_eval_rows_share_one_alignment_per_pair(tmp_path, monkeypatch):
+def _eval(tmp_path, name: str, *args: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    result = CliRunner().invoke(main, ["eval", "--quiet", "--data", str(tmp_path / "set"),
+                                       *args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+@pytest.fixture
+def counted_alignments(tmp_path, monkeypatch) -> list:
+    """Pairs in tmp_path/set, a fresh cache folder, and a list growing per estimate made."""
     _write_pairs(tmp_path / "set", 3)
-    calls = []
+    monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
+    calls: list = []
     real = registration.align_sources
 
     def counting(*args, **kwargs):
@@ -155,16 +166,37 @@ def test_eval_rows_share_one_alignment_per_pair(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(registration, "align_sources", counting)
-    out = tmp_path / "r.json"
-    result = CliRunner().invoke(main, ["eval", "--quiet", "--data", str(tmp_path / "set"),
-                                       "--method", "average,max_abs", "--metrics", "EN,SSIM",
-                                       "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    assert len(calls) == 3  # one estimate per pair, not one per pair and row
-    report = json.loads(out.read_text())
+    return calls
+
+
+def test_eval_rows_share_one_alignment_per_pair(tmp_path, counted_alignments):
+    report = _eval(tmp_path, "r", "--method", "average,max_abs", "--metrics", "EN,SSIM")
+    assert len(counted_alignments) == 3  # one estimate per pair, not one per pair and row
     for row in report["methods"].values():
         timing = row["timing"]
         assert set(timing["by_metric_s"]) == {"EN", "SSIM", "diagnostics"}
         assert timing["metrics_s"] >= sum(timing["by_metric_s"].values()) * 0.99
-    first = report["methods"]["average"]["timing"]
-    assert first["align_s"] > 0
+    assert report["methods"]["average"]["timing"]["align_s"] > 0
+
+
+@pytest.mark.parametrize("mode", [(), ("--register", "rigid")])
+def test_alignment_kept_on_disk_by_file_content(tmp_path, counted_alignments, mode):
+    first = _eval(tmp_path, "first", "--method", "average", "--metrics", "SSIM,Qabf", *mode)
+    assert len(counted_alignments) == 3
+    second = _eval(tmp_path, "second", "--method", "average", "--metrics", "SSIM,Qabf", *mode)
+    assert len(counted_alignments) == 3  # every estimate read back from the cache folder
+    assert second["per_pair"] == first["per_pair"]  # registered B warped the same way
+    if mode:  # registering B (shifted by 3 px) changes the scores: the warp was applied
+        plain = _eval(tmp_path, "plain", "--method", "average", "--metrics", "SSIM,Qabf",
+                      "--misalign-threshold", "inf")
+        assert second["mean"]["Qabf"] > plain["mean"]["Qabf"] + 0.05
+    files = sorted((tmp_path / "cache" / "alignment").glob("*.json"))
+    assert len(files) == 3
+    for file in files:
+        file.write_text("{not json")  # a damaged entry is estimated again, not trusted
+    _eval(tmp_path, "third", "--method", "average", "--metrics", "SSIM", *mode)
+    assert len(counted_alignments) == 6
+    (tmp_path / "set" / "vi" / "1.png").write_bytes((tmp_path / "set" / "ir" / "1.png")
+                                                    .read_bytes())  # new content: new key
+    _eval(tmp_path, "fourth", "--method", "average", "--metrics", "SSIM", *mode)
+    assert len(counted_alignments) == 7
