@@ -269,6 +269,20 @@ def _fused_batch(batch: Sequence[Loaded], a: Tensor, b: Tensor, s: EvalSettings)
     return fused
 
 
+def _metrics_of(batch: Sequence[Loaded], fused: Tensor, a: Tensor, b: Tensor,
+                settings: EvalSettings, seconds: dict[str, float]) -> dict[str, Tensor]:
+    """compute_metrics; a metric that cannot measure these images (e.g. MS-SSIM below 161 px)
+    raises DataError naming the pairs, their size and the way out."""
+    try:
+        return compute_metrics(fused, a, b, settings.metrics, settings.convention, seconds)
+    except ValueError as exc:
+        names = ", ".join(repr(x.item.name) for x in batch[:5]) + (", ..." if len(batch) > 5
+                                                                    else "")
+        h, w = a.shape[-2:]
+        raise DataError(f"pair(s) {names} ({w}x{h}, sources {batch[0].item.path_a} ...): "
+                        f"{exc}; leave that metric out with --metrics") from exc
+
+
 def score_batch(batch: Sequence[Loaded], settings: EvalSettings) -> list[PairResult]:
     """Fuse (if a method is set) and measure a batch of same-size pairs on ``settings.device``;
     B is measured for misalignment or registered onto A first when the settings ask."""
@@ -283,7 +297,7 @@ def score_batch(batch: Sequence[Loaded], settings: EvalSettings) -> list[PairRes
     t1 = time.perf_counter()
     seconds: dict[str, float] = {}
     with shared_work():  # the diagnostics reuse the metrics' sums of products
-        values = compute_metrics(fused, a, b, settings.metrics, settings.convention, seconds)
+        values = _metrics_of(batch, fused, a, b, settings, seconds)
         gray = [_diagnostic_gray(x, settings.convention) for x in (fused, a, b)]
         if batch[0].gt is not None:
             gt = _diagnostic_gray(torch.stack([x.gt for x in batch]).to(device),

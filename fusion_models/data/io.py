@@ -20,6 +20,7 @@ import os
 import struct
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
 
 import cv2
@@ -27,7 +28,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+# Decoding errors are reported as one ImageReadError naming the file; OpenCV's own log lines
+# ("[ERROR:0@...] TIFF_Error ...") would only repeat them on stderr.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Largest image accepted, in pixels (W x H), read from ``FUSION_MAX_IMAGE_PIXELS`` (default
+#: 100 million: 10000 x 10000): a header claiming more is refused before any pixel is decoded
+#: (a "decompression bomb" of a few kilobytes can otherwise ask for gigabytes).
+MAX_IMAGE_PIXELS = int(os.environ.get("FUSION_MAX_IMAGE_PIXELS", 100_000_000))
 _EXPECTED = "a complete 8- or 16-bit PNG, JPEG, BMP or TIFF image"
 _SIXTEEN_BIT_EXTENSIONS = {".png", ".tif", ".tiff"}
 
@@ -78,6 +87,8 @@ def _sniff(data: bytes) -> str | None:
 
 
 def _png_problem(data: bytes) -> str | None:
+    """Walk the chunks: each must fit in the file and match its CRC, up to IEND (libpng would
+    otherwise print its own error on stderr before OpenCV gives up)."""
     pos = 8
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
@@ -87,6 +98,10 @@ def _png_problem(data: bytes) -> str | None:
                 f"the PNG data is cut off: chunk {ctype.decode('latin-1')!r} needs bytes up to "
                 f"{end} but the file has {len(data)} (truncated file)"
             )
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[pos + 4 : end - 4]) & 0xFFFFFFFF != crc:
+            return (f"the PNG chunk {ctype.decode('latin-1')!r} at byte {pos} fails its CRC "
+                    "check (corrupt file)")
         if ctype == b"IEND":
             return None
         pos = end
@@ -188,12 +203,28 @@ def _open_checked(path: Path) -> tuple[bytes, Image.Image]:
     try:
         with warnings.catch_warnings():  # PIL warns about what we then report as an error
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit
             img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        why = (f"its header claims more than {2 * Image.MAX_IMAGE_PIXELS} pixels, above the "
+               f"limit of {MAX_IMAGE_PIXELS} (FUSION_MAX_IMAGE_PIXELS)")
+        raise _fail(path, why) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _fail(path, f"Pillow cannot parse the {fmt} header (corrupt file)") from exc
     if fmt == "TIFF" and (problem := _tiff_problem(img, len(data))):
         raise _fail(path, problem)
+    if (problem := _size_problem(*img.size)) is not None:
+        raise _fail(path, problem)
     return data, img
+
+
+def _size_problem(width: int, height: int) -> str | None:
+    if width < 1 or height < 1:
+        return f"its header gives a size of {width}x{height} pixels (no pixels)"
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"its header gives {width}x{height} = {width * height} pixels, above the limit "
+                f"of {MAX_IMAGE_PIXELS} (set FUSION_MAX_IMAGE_PIXELS to raise it)")
+    return None
 
 
 def probe_image(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -272,10 +303,10 @@ def to_float255(img: np.ndarray) -> np.ndarray:
     raise DataError(f"to_float255 expects a uint8 or uint16 image, got {img.dtype}")
 
 
-
 def to_tensor255(img: np.ndarray) -> torch.Tensor:
     """(H, W, C) uint8/uint16 image -> (C, H, W) float32 tensor on the 0..255 scale."""
     return torch.from_numpy(np.ascontiguousarray(to_float255(img).transpose(2, 0, 1)))
+
 
 def write_image(path: str | os.PathLike[str], img: np.ndarray) -> None:
     """Encode an image and write it atomically (temporary file, then rename).
