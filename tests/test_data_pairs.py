@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +122,16 @@ def test_validate_catches_corrupt_pixel_data_that_headers_miss(tmp_path):
     rng = np.random.default_rng(0)
     write_image(root / "vi" / "01.png", rng.integers(0, 256, (16, 24, 1), dtype=np.uint8))
     data = bytearray((root / "vi" / "01.png").read_bytes())
-    idat = data.index(b"IDAT") + 20
-    data[idat : idat + 8] = b"\x00" * 8  # same length: only the CRC / zlib stream is wrong
+    start = data.index(b"IDAT")
+    (length,) = struct.unpack(">I", data[start - 4 : start])
+    data[start + 20 : start + 28] = b"\x00" * 8  # same length: the zlib stream is wrong ...
     (root / "vi" / "01.png").write_bytes(bytes(data))
-    ps = open_pair_set(root)  # header and structure are intact
+    with pytest.raises(DataError, match="fails its CRC check"):  # ... and caught by its CRC
+        open_pair_set(root)
+    crc = zlib.crc32(bytes(data[start : start + 4 + length])) & 0xFFFFFFFF
+    data[start + 4 + length : start + 8 + length] = struct.pack(">I", crc)  # a matching CRC
+    (root / "vi" / "01.png").write_bytes(bytes(data))
+    ps = open_pair_set(root)  # header, structure and CRCs are intact
     with pytest.raises(DataError, match="could not decode") as info:
         validate(ps)
     assert str(root / "vi" / "01.png") in str(info.value)
