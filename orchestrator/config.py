@@ -15,11 +15,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fusion_models.data.synthetic import parse_generated
 from fusion_models.registry import get_model_class
+from orchestrator.yaml_io import load_yaml
 
 GENERATED = "generated:"
 #: the one ``fixed``/``space`` key that is not a model parameter: the checkpoint the run's
@@ -191,7 +191,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. lr_g=2e-4)")
-    return key.strip().split("."), coerce_numbers(yaml.safe_load(raw) if raw.strip() else "")
+    value = load_yaml(raw, f"--set {item!r}") if raw.strip() else ""
+    return key.strip().split("."), coerce_numbers(value)
 
 
 def apply_override(raw: dict, path: list[str], value: Any, model_fields: set[str]) -> None:
@@ -213,9 +214,10 @@ def read_yaml(path: str | Path) -> dict:
     """The YAML mapping of a spec file (numbers like ``1e-4`` as floats)."""
     path = Path(path)
     try:
-        raw = coerce_numbers(yaml.safe_load(path.read_text()) or {})
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise ValueError(f"{path}: cannot read the spec: {exc}") from None
+    raw = coerce_numbers(load_yaml(text, str(path)) or {})
     if not isinstance(raw, dict) or "model" not in raw:
         raise ValueError(f"{path}: expected a mapping with a 'model' key")
     unknown = sorted(set(raw) - {*RUN_KEYS, *SWEEP_KEYS, "smoke", "base_dir"})

@@ -13,9 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from orchestrator.search_space import SweepSpec
+from orchestrator.yaml_io import load_yaml
 
 #: Trial-table columns that stay text; the rest are numbers (``param.*`` stay text too and are
 #: typed by their space entry, see :func:`orchestrator.sensitivity.trial_params`).
@@ -77,7 +76,7 @@ def read_spec(client: Any, run_id: str) -> SweepSpec:
     text = _text(client, run_id, "sweep.yaml")
     if text is None:
         raise ValueError(f"run {run_id} has no sweep.yaml artifact: not a sweep's parent run")
-    return SweepSpec.model_validate(yaml.safe_load(text))
+    return SweepSpec.model_validate(load_yaml(text, f"run {run_id}: sweep.yaml"))
 
 
 def read_trials(client: Any, run_id: str) -> list[dict[str, Any]]:

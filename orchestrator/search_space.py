@@ -20,7 +20,14 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    model_validator,
+)
 
 from fusion_models.registry import get_model_class
 from orchestrator.config import (
@@ -48,8 +55,8 @@ class SpaceEntry(_Strict):
     ``step``) or choice (``values``); ``when``: {earlier choice key: value or [values]}."""
 
     type: Literal["loguniform", "uniform", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
+    low: FiniteFloat | None = None  # NaN and +-inf refused: no sampler can draw from them
+    high: FiniteFloat | None = None
     values: list[Any] | None = None
     log: bool = False
     step: int | None = Field(None, gt=0)

@@ -1,7 +1,7 @@
 """`orchestrator split DEFINITION --out DIR`: named train/val/test splits of real sets.
 
-A definition (YAML, read with ``yaml.safe_load``) names the sets and, per set, the pairs of the
-``test`` and ``val`` roles; every other pair of the sets trains::
+A definition (YAML, read with ``yaml.safe_load``, aliases bounded) names the sets and, per
+set, the pairs of the ``test`` and ``val`` roles; every other pair of the sets trains::
 
     sets:                       # name -> set folder (relative to this file)
       tno: ../../../shared/data/tno
@@ -24,11 +24,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fusion_models.data import open_pair_set
 from fusion_models.data.patches import sha256_file
 from orchestrator.atomic import atomic_write
+from orchestrator.yaml_io import load_yaml
 
 ROLES = ("train", "val", "test")
 
@@ -53,9 +52,10 @@ def plan_split(path: str | Path) -> tuple[dict[str, list[tuple[str, Any]]], Any,
     path = Path(path)
     where = str(path)
     try:
-        definition = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise ValueError(f"{where}: cannot read the split definition: {exc}") from None
+    definition = load_yaml(text, where)
     if not isinstance(definition, dict) or not isinstance(definition.get("sets"), dict) \
             or not definition["sets"]:
         raise ValueError(f"{where}: expected a mapping with 'sets' (name -> set folder)")

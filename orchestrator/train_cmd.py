@@ -36,6 +36,26 @@ def run_params(spec: RunSpec) -> dict[str, str]:
     return params
 
 
+def check_data(spec: RunSpec, spec_path: str) -> None:
+    """Open every set folder the run reads (headers only) before anything is written.
+
+    Raises:
+        DataError: naming the YAML, the key and the problem (e.g. a folder that does not exist).
+    """
+    from fusion_models.data import DataError, open_pair_set
+    from orchestrator.config import GENERATED
+
+    entries = [("data.train", spec.data.train), ("data.val", spec.data.val)]
+    entries += [(f"data.extra_train[{i}]", v) for i, v in enumerate(spec.data.extra_train)]
+    for key, value in entries:
+        if value is None or value.startswith(GENERATED):
+            continue
+        try:
+            open_pair_set(spec.resolve_path(value), task=spec.data.task)
+        except DataError as exc:
+            raise DataError(f"{spec_path}: {key} = {value!r}: {exc}") from None
+
+
 def train(spec_path: str, overrides: tuple[str, ...], smoke: bool, device: str | None,
           out_dir: str | None, tracking_uri: str | None, cache_dir: str,
           quiet: bool = False) -> TrainResult:
@@ -46,6 +66,7 @@ def train(spec_path: str, overrides: tuple[str, ...], smoke: bool, device: str |
     if device:
         overrides = (*overrides, f"train.device={device}")
     spec = load_spec(spec_path, overrides, smoke=smoke)
+    check_data(spec, spec_path)
     name = f"{spec.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out_dir or Path("runs") / name)
     uri = resolve_tracking_uri(tracking_uri)
