@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -69,19 +71,43 @@ def build(name: str, params: dict | None = None) -> FusionModel:
     return cls(config)
 
 
+def _read_checkpoint(source: str | Path, map_location: str | torch.device) -> object:
+    """``torch.load(weights_only=True)``; any failure is a ValueError naming the file."""
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{source}: not a fusion-orchestrator checkpoint (torch.load with "
+                         f"weights_only=True failed: {why})") from None
+
+
 def load_checkpoint(source: str | Path | dict, map_location: str | torch.device = "cpu",
                     with_optimizers: bool = False) -> tuple[FusionModel, dict]:
     """Rebuild a model from a self-describing checkpoint (``torch.load(weights_only=True)``).
 
     Returns:
         ``(model, checkpoint_dict)``; the model is on ``map_location`` in eval mode.
+
+    Raises:
+        ValueError: naming ``source``: not a loadable file, not a dict with ``model``,
+            ``params``, ``state_dict`` and ``epoch``, an unknown model, parameters its Config
+            refuses, or weights that do not fit the model.
     """
-    ckpt = source if isinstance(source, dict) else torch.load(
-        source, map_location=map_location, weights_only=True
-    )
+    ckpt = source if isinstance(source, dict) else _read_checkpoint(source, map_location)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{source}: not a fusion-orchestrator checkpoint (holds a "
+                         f"{type(ckpt).__name__}, not a dict)")
     for key in ("model", "params", "state_dict", "epoch"):
         if key not in ckpt:
             raise ValueError(f"{source}: not a fusion-orchestrator checkpoint (no {key!r})")
-    model = build(ckpt["model"], ckpt["params"]).to(map_location)
-    model.load_checkpoint_state(ckpt, with_optimizers=with_optimizers)
+    if not isinstance(ckpt["params"], dict) or not isinstance(ckpt["state_dict"], dict):
+        raise ValueError(f"{source}: 'params' and 'state_dict' must be dicts")
+    try:
+        model = build(ckpt["model"], ckpt["params"]).to(map_location)
+        model.load_checkpoint_state(ckpt, with_optimizers=with_optimizers)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        first = str(message).strip().splitlines()[0]
+        raise ValueError(f"{source}: cannot rebuild its model: {first}") from None
     return model.eval(), ckpt
