@@ -268,6 +268,10 @@ def promote_command(sweep: str, metric: str, mode: str, alias: str, run_id: str 
               help="auto|gray|keep_b_chroma|ycbcr_weighted|ihs.")
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda.")
 @click.option("--batch-size", default=4, show_default=True)
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model (slow first batch per image size).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True, help="bf16: autocast (CPU AMX / GPU), within a few grey levels.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI for models:/ and runs:/ (default sqlite:///mlflow.db).")
 @click.option("--quiet", is_flag=True)
@@ -275,8 +279,9 @@ def promote_command(sweep: str, metric: str, mode: str, alias: str, run_id: str 
 @MISALIGN_OPTION
 def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a: str | None,
                  file_b: str | None, out_file: str | None, task: str | None, colour_rule: str,
-                 device: str, batch_size: int, tracking_uri: str | None, quiet: bool,
-                 register: str | None, misalign_threshold: float) -> None:
+                 device: str, batch_size: int, compile_model: bool, precision: str,
+                 tracking_uri: str | None, quiet: bool, register: str | None,
+                 misalign_threshold: float) -> None:
     """Fuse whole images with a checkpoint; PNGs named like the sources.
 
     CHECKPOINT: a checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION or
@@ -287,7 +292,7 @@ def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a:
     try:
         written = run_fuse(checkpoint, data, out_dir, file_a, file_b, out_file, task,
                            colour_rule, device, batch_size, quiet, tracking_uri, register,
-                           misalign_threshold)
+                           misalign_threshold, compile_model, precision)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {len(written)} fused image(s) to {Path(written[0]).parent}")

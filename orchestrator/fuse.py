@@ -15,18 +15,32 @@ from torch import Tensor
 
 from fusion_models.data import Pair, PairSet, load_pair, to_tensor255, write_image
 from fusion_models.data.colour import plan_colour
+from fusion_models.inference import InferenceOptions, cached_inference_model
 from fusion_models.models.base import FusionModel
 from fusion_models.registration import MI_MARGIN, align_sources
 
 log = logging.getLogger(__name__)
+#: how `orchestrator fuse` and `eval --model` run a model unless told otherwise: BN folded into
+#: the convolutions, channels_last weights, fp32, eager (see :mod:`fusion_models.inference`)
+DEFAULT_INFERENCE = InferenceOptions()
 
 
 @torch.no_grad()
-def fuse_tensors(model: FusionModel, a: Tensor, b: Tensor, rule: str) -> Tensor:
-    """(B, Ca, H, W), (B, Cb, H, W) sources 0..255 -> (B, C, H, W) fused uint8 (CPU)."""
+def fuse_tensors(model: FusionModel, a: Tensor, b: Tensor, rule: str,
+                 inference: InferenceOptions | None = DEFAULT_INFERENCE) -> Tensor:
+    """(B, Ca, H, W), (B, Cb, H, W) sources 0..255 -> (B, C, H, W) fused uint8 (CPU).
+
+    The network runs under ``torch.inference_mode`` on the copy of ``model`` that
+    :func:`~fusion_models.inference.cached_inference_model` prepares once per process for
+    ``inference`` (None: ``model`` itself, plain eager). fp32 results equal the plain model's
+    to float rounding (a pixel may move by one grey level); bf16 ones to
+    ``fusion_models.inference.BF16_*_TOL``.
+    """
     plan = plan_colour(a, b, rule)
     device = model.device
-    fused01 = model.fuse(plan.luma_a.to(device) / 255.0, plan.luma_b.to(device) / 255.0)
+    net = model if inference is None else cached_inference_model(model, inference)
+    with torch.inference_mode():
+        fused01 = net.fuse(plan.luma_a.to(device) / 255.0, plan.luma_b.to(device) / 255.0)
     fused = (fused01.float().cpu() * 255.0).round().clamp(0, 255)
     return plan.restore(fused).round().clamp(0, 255).to(torch.uint8)
 
@@ -89,16 +103,18 @@ def _groups(pairs: Sequence[Pair], batch_size: int, register: str | None = None,
 
 def fuse_set(model: FusionModel, pair_set: PairSet, out_dir: str | Path, rule: str,
              batch_size: int = 4, advance: Callable[[int], None] | None = None,
-             register: str | None = None, misalign_threshold: float = math.inf) -> list[Path]:
-    """Fuse every pair of a set into ``out_dir/<stem>.png`` (same-size pairs batched); each
-    pair's B is first checked or registered as in :func:`align_pair`."""
+             register: str | None = None, misalign_threshold: float = math.inf,
+             inference: InferenceOptions | None = DEFAULT_INFERENCE) -> list[Path]:
+    """Fuse every pair of a set into ``out_dir/<stem>.png`` (same-size pairs batched by up to
+    ``batch_size``); each pair's B is first checked or registered as in :func:`align_pair`;
+    ``inference`` as in :func:`fuse_tensors`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     model.eval()
     for group in _groups(pair_set.pairs, batch_size, register, misalign_threshold):
         fused = fuse_tensors(model, torch.stack([g[1] for g in group]),
-                             torch.stack([g[2] for g in group]), rule)
+                             torch.stack([g[2] for g in group]), rule, inference)
         for (pair, _, _), img in zip(group, fused, strict=True):
             path = out_dir / f"{pair.name}.png"
             write_image(path, img.permute(1, 2, 0).numpy())
@@ -110,14 +126,15 @@ def fuse_set(model: FusionModel, pair_set: PairSet, out_dir: str | Path, rule: s
 
 def fuse_files(model: FusionModel, path_a: str | Path, path_b: str | Path,
                out_path: str | Path, rule: str, register: str | None = None,
-               misalign_threshold: float = math.inf) -> Path:
+               misalign_threshold: float = math.inf,
+               inference: InferenceOptions | None = DEFAULT_INFERENCE) -> Path:
     """Fuse one pair of files into ``out_path`` (B checked or registered as in
-    :func:`align_pair`)."""
+    :func:`align_pair`; ``inference`` as in :func:`fuse_tensors`)."""
     pair = Pair(Path(path_a).stem, Path(path_a), Path(path_b))
     a, b = load_pair(pair)
     b = align_pair(pair.name, a, b, register, misalign_threshold)
     a, b = (to_tensor255(x)[None] for x in (a, b))
-    fused = fuse_tensors(model.eval(), a, b, rule)[0]
+    fused = fuse_tensors(model.eval(), a, b, rule, inference)[0]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     write_image(out_path, fused.permute(1, 2, 0).numpy())
     return Path(out_path)

@@ -62,8 +62,12 @@ def test_validation_fuse_and_eval_model_agree(name, pairs, tmp_path, monkeypatch
     # Float noise only: convolutions of a batch and of one image may differ by ~1e-7 (2e-6 after
     # a per-image normalisation), which flips the 8-bit rounding of a pixel or two. Batch-
     # dependent statistics moved EN by 0.07 and SF by 5 on these pairs.
+    # fuse and eval --model run the same prepared copy (fusion_models.inference: BN folded,
+    # channels_last, so another summation order, ~1e-5 on [0, 1] outputs), validation the plain
+    # model: a few more pixels round the other way (FusionGAN: EN 1.6e-4; UFGAN, whose random
+    # U-Net amplifies rounding, SF rel 5e-5), still 30-70x below the statistics bug.
     for m in METRICS:
         assert via_fuse[m] == pytest.approx(via_model[m], rel=1e-5, abs=1e-4), message
-        assert val[f"val/{m}"] == pytest.approx(via_model[m], rel=1e-5, abs=1e-4), message
+        assert val[f"val/{m}"] == pytest.approx(via_model[m], rel=1e-4, abs=1e-3), message
     flat = torch.cat([f.flatten() for f in fused_val])
     assert flat.std() > 2.0, "the random network produces an image, not a constant"
