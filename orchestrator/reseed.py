@@ -137,6 +137,7 @@ def run_reseed(spec_path: str, sweep: str | None, top_n: int, seeds: int, *,
     from ray import tune
 
     from orchestrator.config import read_yaml
+    from orchestrator.recorder import recording
     from orchestrator.sensitivity import seed_stats
     from orchestrator.sweep import connect, run_config, storage_paths, trainable, trial_context
     from orchestrator.tracking import resolve_tracking_uri
@@ -151,14 +152,14 @@ def run_reseed(spec_path: str, sweep: str | None, top_n: int, seeds: int, *,
     storage, local_root = storage_paths(spec.storage)
     name = f"{sweep_name}-reseed-{time.strftime('%Y%m%d-%H%M%S')}"
     connect(spec, address)
-    ctx = trial_context(spec, name, uri, parent_id, cache_dir, storage)
-    tuner = tune.Tuner(
-        trainable(spec, ctx), param_space={RESEED: tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.tune.max_concurrent,
-                                    reuse_actors=spec.resources.workers == 0),
-        run_config=run_config(spec, name, storage, verbose))
-    outcome = ReseedOutcome(sweep_name, parent_id, name, spec.tune.metrics,
-                            _rows(tuner.fit(), spec))
+    with recording(uri, f"fusion/{spec.run.model}", parent_id) as recorder:
+        ctx = trial_context(spec, name, uri, parent_id, cache_dir, storage, recorder)
+        grid = tune.Tuner(
+            trainable(spec, ctx), param_space={RESEED: tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.tune.max_concurrent,
+                                        reuse_actors=spec.resources.workers == 0),
+            run_config=run_config(spec, name, storage, verbose)).fit()
+    outcome = ReseedOutcome(sweep_name, parent_id, name, spec.tune.metrics, _rows(grid, spec))
     by_id = {r["trial_id"]: r for r in rows}
     by_id[CONTROL] = {"trial_id": CONTROL, "run_id": "",
                       **{m: float("nan") for m in spec.tune.metrics}}

@@ -1,11 +1,13 @@
 """`orchestrator sweep`: Ray Tune + Optuna over one model's search space.
 
 The driver validates the YAML, checks the resource request against the cluster (an
-unschedulable trial is an error, never a silent hang), opens the sweep's MLflow parent run,
-then runs ``Tuner.fit``: OptunaSearch (TPE, seeded, define-by-run for conditional entries,
-study persisted in sqlite beside the Tune results) behind ``max_concurrent``, ASHA on the
-reported ``epoch``. Each trial is :mod:`orchestrator.trial`. ``--resume`` restores the newest
-sweep of the YAML's model (or ``--name``) from its Tune folder.
+unschedulable trial is an error, never a silent hang), starts the sweep's MLflow recorder (an
+actor that opens the parent run and writes every trial's records, see
+:mod:`orchestrator.recorder`), then runs ``Tuner.fit``: OptunaSearch (TPE, seeded,
+define-by-run for conditional entries, study persisted in sqlite beside the Tune results)
+behind ``max_concurrent``, ASHA on the reported ``epoch``. Each trial is
+:mod:`orchestrator.trial`. ``--resume`` restores the newest sweep of the YAML's model (or
+``--name``) from its Tune folder.
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ def trainable(spec: SweepSpec, ctx: TrialContext):
     return tune.with_resources(fn, res)
 
 
+def reuses_actors(spec: SweepSpec) -> bool:
+    """Whether a sweep's Tune trial processes serve several trials in turn."""
+    return spec.resources.workers == 0
+
+
 def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_root: Path,
            resume: bool, verbose: int):
     from ray import tune
@@ -163,7 +170,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_ro
     tune_config = tune.TuneConfig(
         num_samples=spec.tune.num_samples, search_alg=_searcher(spec, name, local_root / name),
         scheduler=_scheduler(spec), max_concurrent_trials=spec.tune.max_concurrent,
-        reuse_actors=spec.resources.workers == 0, time_budget_s=spec.tune.time_budget_s)
+        reuse_actors=reuses_actors(spec), time_budget_s=spec.tune.time_budget_s)
     return tune.Tuner(fn, tune_config=tune_config,
                       run_config=run_config(spec, name, storage, verbose))
 
@@ -177,23 +184,35 @@ def run_config(spec: SweepSpec, name: str, storage: str, verbose: int):
 
 
 def trial_context(spec: SweepSpec, name: str, uri: str, parent: str, cache_dir: str,
-                  storage: str) -> TrialContext:
-    """What every trial of this sweep (or of its re-seed runs) is handed."""
+                  storage: str, recorder: Any = None) -> TrialContext:
+    """What every trial of this sweep (or of its re-seed runs) is handed (``recorder``: the
+    sweep's recorder actor, which knows the parent run; ``parent`` may then be empty)."""
     r = spec.resources
     return TrialContext(
         run_spec=spec.run.model_dump(mode="json"), tune=spec.tune.model_dump(mode="json"),
         tracking_uri=uri, experiment=f"fusion/{spec.run.model}", parent_run_id=parent,
         sweep_name=name, cache_dir=str(Path(cache_dir).resolve()), workers=r.workers,
         use_gpu=r.gpu_per_worker > 0, cpu_per_worker=r.cpu_per_worker,
-        gpu_per_worker=r.gpu_per_worker, storage=storage)
+        gpu_per_worker=r.gpu_per_worker, storage=storage, recorder=recorder)
+
+
+def _preload_summary_imports() -> None:
+    """Import what the sweep's summary needs (Optuna's importance evaluators pull in
+    scikit-learn, ~1.5 s here) while the trials run rather than after the last one."""
+    try:
+        import optuna.importance  # noqa: F401
+    except Exception:  # noqa: BLE001 - an optimisation only; the real import reports errors
+        log.debug("preloading optuna.importance failed", exc_info=True)
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
               name: str | None = None, tracking_uri: str | None = None,
               cache_dir: str = ".fusion_cache", verbose: int = 1) -> SweepOutcome:
     """Run (or resume) a sweep; return its trials, best trial and Pareto front."""
+    import threading
 
     from orchestrator import sweep_record as record
+    from orchestrator.recorder import ask, recording
     from orchestrator.tracking import resolve_tracking_uri
 
     storage, local_root = storage_paths(spec.storage)
@@ -202,14 +221,28 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     name = name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = resolve_tracking_uri(tracking_uri or spec.tracking)
     connect(spec, address)
-    parent = record.open_parent(spec, name, uri, resume=resume)
-    ctx = trial_context(spec, name, uri, parent, cache_dir, storage)
-    try:
-        grid = _tuner(spec, ctx, name, storage, local_root, resume, verbose).fit()
-    except BaseException as exc:
-        record.close_parent(uri, parent, "FAILED", f"{type(exc).__name__}: {exc}")
-        raise
-    outcome = SweepOutcome(name, local_root / name, parent, uri)
-    outcome.path.mkdir(parents=True, exist_ok=True)
-    record.summarise(spec, grid, outcome)
+    plan = record.parent_plan(spec, name, resume)
+    with recording(uri, f"fusion/{spec.run.model}", plan) as recorder:
+        ctx = trial_context(spec, name, uri, "", cache_dir, storage, recorder)
+        try:
+            tuner = _tuner(spec, ctx, name, storage, local_root, resume, verbose)
+            threading.Thread(target=_preload_summary_imports, daemon=True).start()
+            grid = tuner.fit()
+        except BaseException as exc:
+            _close_failed(recorder, exc)
+            raise
+        outcome = SweepOutcome(name, local_root / name, ask(recorder, "parent_run_id"), uri)
+        outcome.path.mkdir(parents=True, exist_ok=True)
+        summary = record.summarise(spec, grid, outcome, ask(recorder, "child_ids"))
+        ask(recorder, "write_summary", summary)
     return outcome
+
+
+def _close_failed(recorder: Any, exc: BaseException) -> None:
+    """Close the parent run FAILED (logged, not raised, when the recorder cannot)."""
+    from orchestrator.recorder import ask
+
+    try:
+        ask(recorder, "close_parent", "FAILED", f"{type(exc).__name__}: {exc}")
+    except Exception:  # noqa: BLE001 - the sweep is failing already
+        log.exception("could not close the sweep's parent run")

@@ -5,6 +5,10 @@ resolved YAML, git SHA, a sha256 per data set; at the end the trial table (CSV),
 trial, the Pareto front (multi-objective), fANOVA and MDI parameter importances per objective
 (``summary.json`` and ``importance/<evaluator>/<objective>/<param>`` metrics). Child runs left
 RUNNING by early-stopped trials are closed (tag ``early_stopped``); errored trials FAILED.
+
+The MLflow writes run in the sweep's recorder (:mod:`orchestrator.recorder`), which imports
+this module without the model registry or torch: what needs the spec is computed in the
+driver (:func:`parent_plan`, the trial rows, importances) and handed over as plain data.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from orchestrator.atomic import atomic_write
-from orchestrator.search_space import SweepSpec, evaluation_sets
-from orchestrator.sensitivity import param_importances
 from orchestrator.tracking import child_runs, ensure_experiment, mlflow_client
+
+if TYPE_CHECKING:
+    from orchestrator.search_space import SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +57,13 @@ def find_parent(uri: str, model: str, sweep: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
-    """Create the parent run (or reopen it on ``--resume``); return its id."""
+def parent_plan(spec: SweepSpec, name: str, resume: bool) -> dict[str, Any]:
+    """What opening the parent run needs, as plain data (the data sets hashed here, once per
+    sweep): ``model``, ``name``, ``resume``, ``tags``, ``yaml`` (the resolved spec) and
+    ``num_samples``; see :func:`open_parent_run`."""
+    from orchestrator.search_space import evaluation_sets
     from orchestrator.train_cmd import git_sha
 
-    client = mlflow_client(uri)
-    if resume:
-        run_id = find_parent(uri, spec.run.model, name)
-        if run_id:
-            client.update_run(run_id, status="RUNNING")
-            return run_id
-    exp_id = ensure_experiment(f"fusion/{spec.run.model}", uri)
     data = spec.run.data
     tags = {"sweep_name": name, "model": spec.run.model, "git_sha": git_sha(),
             "spec": spec.source, "kind": "sweep"}
@@ -74,11 +75,29 @@ def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
         tags[f"data.{role}"] = value
         tags[f"data.{role}.sha256"] = data_digest(value, spec)
     tags["final_eval.split"] = split
-    run = client.create_run(exp_id, run_name=name, tags=tags)
-    resolved = spec.model_dump(mode="json")
-    client.log_text(run.info.run_id, yaml.safe_dump(resolved, sort_keys=False), "sweep.yaml")
-    client.log_param(run.info.run_id, "num_samples", spec.tune.num_samples)
+    return {"model": spec.run.model, "name": name, "resume": resume, "tags": tags,
+            "yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+            "num_samples": spec.tune.num_samples}
+
+
+def open_parent_run(uri: str, plan: dict[str, Any]) -> str:
+    """Create the parent run of :func:`parent_plan` (or reopen it on ``resume``); its id."""
+    client = mlflow_client(uri)
+    if plan["resume"]:
+        run_id = find_parent(uri, plan["model"], plan["name"])
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+    exp_id = ensure_experiment(f"fusion/{plan['model']}", uri)
+    run = client.create_run(exp_id, run_name=plan["name"], tags=plan["tags"])
+    client.log_text(run.info.run_id, plan["yaml"], "sweep.yaml")
+    client.log_param(run.info.run_id, "num_samples", plan["num_samples"])
     return run.info.run_id
+
+
+def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
+    """Create the parent run (or reopen it on ``--resume``); return its id."""
+    return open_parent_run(uri, parent_plan(spec, name, resume))
 
 
 def close_parent(uri: str, run_id: str, status: str, note: str = "") -> None:
@@ -96,23 +115,26 @@ def error_line(error: BaseException | None) -> str:
     return (lines[-1] if lines else type(error).__name__)[:300]
 
 
-def _trial_rows(spec: SweepSpec, grid: Any, uri: str, parent: str) -> list[dict[str, Any]]:
-    by_trial = {r.data.tags.get("trial_id"): r for r in child_runs(uri, parent)}
+def _trial_rows(spec: SweepSpec, grid: Any, children: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per Tune result; ``children``: child run id by trial id."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id", ""))
-        child = by_trial.get(trial_id)
         epoch = int(metrics.get("epoch", 0) or 0)
         row = {"trial_id": trial_id, "status": "error" if result.error else
                ("stopped" if epoch < spec.epochs else "finished"), "epoch": epoch,
-               "run_id": child.info.run_id if child else "",
-               "error": error_line(result.error)}
+               "run_id": children.get(trial_id, ""), "error": error_line(result.error)}
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
         for m in spec.tune.metrics + ["val/degenerate"]:
             row[m] = metrics.get(m, float("nan"))
         rows.append(row)
     return rows
+
+
+def child_ids(uri: str, parent: str) -> dict[str, str]:
+    """The sweep's child run ids by their ``trial_id`` tag."""
+    return {r.data.tags.get("trial_id", ""): r.info.run_id for r in child_runs(uri, parent)}
 
 
 def _close_children(uri: str, rows: list[dict[str, Any]]) -> None:
@@ -177,24 +199,44 @@ def log_importances(client: Any, run_id: str, sens: dict[str, Any]) -> None:
         client.log_batch(run_id, metrics=batch[i : i + 1000])
 
 
-def summarise(spec: SweepSpec, grid: Any, outcome: Any) -> None:
-    """Trial table, best trial, Pareto front and importances onto the parent run; close it."""
-    uri, parent = outcome.tracking_uri, outcome.parent_run_id
-    rows = _trial_rows(spec, grid, uri, parent)
-    _close_children(uri, rows)
+def summarise(spec: SweepSpec, grid: Any, outcome: Any, children: dict[str, str]
+              ) -> dict[str, Any]:
+    """The trial rows, best trial and Pareto front into ``outcome``; returns what
+    :func:`write_summary` logs on the parent run (importances computed here).
+
+    Args:
+        children: child run id by trial id (:func:`child_ids`).
+    """
+    from orchestrator.sensitivity import param_importances
+
+    rows = _trial_rows(spec, grid, children)
     outcome.trials, outcome.best = rows, next(iter(ranked(spec, rows)), None)
     outcome.pareto = _pareto(spec, outcome)
     sens = param_importances(spec, rows, seed=spec.tune.seed)
-    client = mlflow_client(uri)
-    log_importances(client, parent, sens)
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("param."), k))
-    log_table(client, parent, rows, keys, outcome.path / "trials.csv")
     summary = {"best": outcome.best, "pareto_front": outcome.pareto,
                "param_importances": sens, "trials": len(rows),
                "errors": sum(r["status"] == "error" for r in rows)}
-    client.log_text(parent, json.dumps(summary, indent=1, default=str), "summary.json")
+    best = None
     if outcome.best:
-        client.set_tag(parent, "best_run_id", outcome.best["run_id"])
         metric = spec.tune.metrics[0]
-        client.log_metric(parent, f"best/{metric}", float(outcome.best[metric]))
+        best = (outcome.best["run_id"], metric, float(outcome.best[metric]))
+    return {"rows": rows, "sens": sens, "table": outcome.path / "trials.csv",
+            "summary": summary, "best": best}
+
+
+def write_summary(uri: str, parent: str, rows: list[dict[str, Any]], sens: dict[str, Any],
+                  table: Path, summary: dict[str, Any],
+                  best: tuple[str, str, float] | None) -> None:
+    """Close the child runs, log the importances, trial table (also written to ``table``),
+    summary and best trial on the parent run, and close it."""
+    _close_children(uri, rows)
+    client = mlflow_client(uri)
+    log_importances(client, parent, sens)
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("param."), k))
+    log_table(client, parent, rows, keys, table)
+    client.log_text(parent, json.dumps(summary, indent=1, default=str), "summary.json")
+    if best:
+        run_id, metric, value = best
+        client.set_tag(parent, "best_run_id", run_id)
+        client.log_metric(parent, f"best/{metric}", value)
     close_parent(uri, parent, "FINISHED")

@@ -99,35 +99,49 @@ def sha256_file(path: str | Path) -> str:
 
 
 class MlflowRun:
-    """One MLflow run fed by the training loop's reporter callback."""
+    """One MLflow run fed by the training loop's reporter callback.
+
+    ``client``/``experiment_id``: a long-lived writer (the sweep's recorder) passes its own, so
+    a new run costs no client set-up or experiment lookup.
+    """
 
     def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, str],
-                 tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
-                 ) -> None:
+                 tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+                 client: Any = None, experiment_id: str | None = None) -> None:
         from mlflow.entities import Param, RunTag
 
-        self.client = mlflow_client(uri)
-        exp_id = ensure_experiment(experiment, uri)
+        self.client = client or mlflow_client(uri)
+        exp_id = experiment_id or ensure_experiment(experiment, uri)
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         self.artifact_uri = run.info.artifact_uri
+        self._best_epoch: int | None = None
+        self.opened_tags = all_tags
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100],
                                   tags=[RunTag("source", "orchestrator")] if i == 0 else [])
 
     @classmethod
-    def reattach(cls, uri: str, run_id: str) -> MlflowRun:
+    def reattach(cls, uri: str, run_id: str, client: Any = None) -> MlflowRun:
         """Continue an existing run (a resumed trial): marked RUNNING again, nothing re-logged."""
         obj = cls.__new__(cls)
-        obj.client = mlflow_client(uri)
+        obj.client = client or mlflow_client(uri)
         obj.run_id = run_id
-        obj.artifact_uri = obj.client.get_run(run_id).info.artifact_uri
+        run = obj.client.get_run(run_id)
+        obj.artifact_uri = run.info.artifact_uri
+        obj.opened_tags = dict(run.data.tags)
+        epoch = run.data.tags.get("best_epoch")
+        obj._best_epoch = int(epoch) if epoch else None
         obj.client.update_run(run_id, status="RUNNING")
         return obj
+
+    def best_epoch(self) -> int | None:
+        """The epoch of the best.pt this run holds (its ``best_epoch`` tag when opened)."""
+        return self._best_epoch
 
     def __call__(self, metrics: dict[str, float], info: dict) -> None:
         """The training loop's ``report``: one batched call per epoch (+ the sample grid)."""
@@ -150,26 +164,74 @@ class MlflowRun:
         self.client.set_tag(self.run_id, f"{Path(path).stem}_sha256", digest)
         return digest
 
+    def log_best(self, path: str | Path, epoch: int | None, flagged: bool) -> str:
+        """Upload ``best.pt`` with its digest, epoch and flag as tags (one batch); the digest."""
+        from mlflow.entities import RunTag
+
+        digest = sha256_file(path)
+        self.client.log_artifact(self.run_id, str(path), "checkpoints")
+        tags = {"best_sha256": digest, "best_flagged": str(bool(flagged)).lower()}
+        if epoch is not None:
+            tags["best_epoch"] = str(epoch)
+            self._best_epoch = int(epoch)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        return digest
+
+    def log_epoch(self, metrics: dict[str, float], info: dict,
+                  best: tuple[str | Path, int | None, bool] | None = None) -> None:
+        """One epoch's records: metrics, step terms, samples and (``best``: path, epoch,
+        flagged) a changed best.pt. Written before it returns (see :meth:`flush`)."""
+        self(metrics, info)
+        if best is not None:
+            self.log_best(*best)
+
+    def flush(self) -> None:
+        """Nothing is pending: every call writes before it returns."""
+
     def finish(self, status: str = "FINISHED", note: str = "") -> None:
         if note:
             self.client.set_tag(self.run_id, "status_note", note[:5000])
         self.client.set_terminated(self.run_id, status=status)
 
 
-def child_runs(uri: str, parent_run_id: str, extra_filter: str = "") -> list:
+def child_runs(uri: str, parent_run_id: str, extra_filter: str = "", client: Any = None,
+               experiment_id: str | None = None) -> list:
     """The child runs of a parent run (newest first)."""
-    client = mlflow_client(uri)
-    exp_id = client.get_run(parent_run_id).info.experiment_id
+    client = client or mlflow_client(uri)
+    exp_id = experiment_id or client.get_run(parent_run_id).info.experiment_id
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
     if extra_filter:
         query += f" and {extra_filter}"
     return client.search_runs([exp_id], filter_string=query, max_results=5000)
 
 
-def find_child_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
+def find_child_run(uri: str, parent_run_id: str, trial_id: str, client: Any = None,
+                   experiment_id: str | None = None) -> str | None:
     """The run id of the child run tagged with this Tune trial id, if there is one."""
-    runs = child_runs(uri, parent_run_id, f"tags.trial_id = '{trial_id}'")
+    runs = child_runs(uri, parent_run_id, f"tags.trial_id = '{trial_id}'", client,
+                      experiment_id)
     return runs[0].info.run_id if runs else None
+
+
+def open_child(uri: str, experiment: str, parent_run_id: str, trial_id: str, run_name: str,
+               params: Mapping[str, str], tags: Mapping[str, str], client: Any = None,
+               experiment_id: str | None = None) -> MlflowRun:
+    """A trial's child run: the existing one tagged with ``trial_id`` (a resumed trial,
+    perhaps on another node: its ``node_id`` tag is updated and the old one kept as
+    ``resumed_from_node``), else a new one with ``params`` and ``tags``."""
+    from mlflow.entities import RunTag
+
+    client = client or mlflow_client(uri)
+    exp_id = experiment_id or ensure_experiment(experiment, uri)
+    existing = find_child_run(uri, parent_run_id, trial_id, client, exp_id)
+    if existing is None:
+        return MlflowRun(uri, experiment, run_name, params, {"trial_id": trial_id, **tags},
+                         parent_run_id=parent_run_id, client=client, experiment_id=exp_id)
+    run = MlflowRun.reattach(uri, existing, client)
+    previous = run.opened_tags.get("node_id", "")
+    client.log_batch(existing, tags=[RunTag("node_id", tags.get("node_id", "")),
+                                     RunTag("resumed_from_node", previous)])
+    return run
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 every Ray Train worker of a ``TorchTrainer`` that a Tune function fits (``workers >= 1``, the
 Ray 2.60 V2 pattern: Tune's ``Tuner(trainer)`` is not supported there).
 
-Each trial logs to ONE MLflow child run of the sweep's parent run, from rank 0 only. The child
-run is found again by its ``trial_id`` tag when Tune restores the trial (``--resume``), so a
-resumed trial continues its run instead of opening a duplicate. Every epoch reports to Tune
-with a checkpoint folder holding ``last.pt``; a restored trial continues from it.
+Each trial logs to ONE MLflow child run of the sweep's parent run, from rank 0 only, through
+the sweep's recorder actor (:mod:`orchestrator.recorder`; in-process when the context has
+none): no trial process imports MLflow. The child run is found again by its ``trial_id`` tag
+when Tune restores the trial (``--resume``), so a resumed trial continues its run instead of
+opening a duplicate. Every epoch reports to Tune with a checkpoint folder holding ``last.pt``
+(after its MLflow records were written); a restored trial continues from it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class TrialContext:
     cpu_per_worker: float
     gpu_per_worker: float
     storage: str
+    recorder: Any = None  # the sweep's Recorder actor handle; None: log from this process
 
 
 #: A re-seed trial's config (``orchestrator sweep --reseed-best``): ``{RESEED: {**params,
@@ -80,27 +83,30 @@ def _node_id() -> str:
 
 def open_child_run(ctx: TrialContext, trial_id: str, trial_name: str, spec,
                    extra_tags: dict[str, Any] | None = None):
-    """The trial's MLflow child run: the existing one with this trial_id, else a new one
-    (``extra_tags``: a re-seed trial's ``seed`` and ``reseed_of``)."""
-    from orchestrator.tracking import MlflowRun, find_child_run
+    """The trial's MLflow child run (a :class:`~orchestrator.recorder.RemoteRun` through the
+    sweep's recorder, else an in-process :class:`~orchestrator.tracking.MlflowRun`): the
+    existing one with this trial_id, else a new one (``extra_tags``: a re-seed trial's
+    ``seed`` and ``reseed_of``)."""
     from orchestrator.train_cmd import run_params
 
-    existing = find_child_run(ctx.tracking_uri, ctx.parent_run_id, trial_id)
-    if existing is not None:  # a resumed trial, perhaps on another node: record where
-        run = MlflowRun.reattach(ctx.tracking_uri, existing)
-        previous = run.client.get_run(existing).data.tags.get("node_id", "")
-        run.client.set_tag(existing, "node_id", _node_id())
-        run.client.set_tag(existing, "resumed_from_node", previous)
-        return run
-    tags = {"trial_id": trial_id, "sweep": ctx.sweep_name, "model": spec.model,
-            "node_id": _node_id(), **{k: str(v) for k, v in (extra_tags or {}).items()}}
-    return MlflowRun(ctx.tracking_uri, ctx.experiment, trial_name, run_params(spec), tags,
-                     parent_run_id=ctx.parent_run_id)
+    tags = {"sweep": ctx.sweep_name, "model": spec.model, "node_id": _node_id(),
+            **{k: str(v) for k, v in (extra_tags or {}).items()}}
+    if ctx.recorder is not None:
+        from orchestrator.recorder import RemoteRun
+
+        return RemoteRun(ctx.recorder, trial_id, trial_name, run_params(spec), tags)
+    from orchestrator.tracking import open_child
+
+    return open_child(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, trial_id,
+                      trial_name, run_params(spec), tags)
+
+
+_UNREAD = object()  # the run's best epoch, not asked for yet
 
 
 class TrialReporter:
-    """The loop's ``report``: MLflow (rank 0), best checkpoint upload (when it changed), then
-    Tune/Train report."""
+    """The loop's ``report``: the epoch's MLflow records (rank 0; best.pt only when it
+    changed), written before the epoch is reported to Tune/Train."""
 
     def __init__(self, ctx: TrialContext, mlflow_run, report_fn, checkpoint_cls) -> None:
         from orchestrator.search_space import TuneSpec
@@ -108,10 +114,8 @@ class TrialReporter:
         self.tune = TuneSpec(**ctx.tune)
         self.run = mlflow_run
         self.report_fn, self.checkpoint_cls = report_fn, checkpoint_cls
-        self.logged_best: object = None  # which best.pt was uploaded last (see _best_key)
-        if mlflow_run is not None:  # a resumed trial's run already holds its best.pt
-            epoch = mlflow_run.client.get_run(mlflow_run.run_id).data.tags.get("best_epoch")
-            self.logged_best = int(epoch) if epoch else None
+        # which best.pt was uploaded last (see _best_key); a resumed run already holds one
+        self.logged_best: object = _UNREAD if mlflow_run is not None else None
 
     @staticmethod
     def _best_key(info: dict) -> object:
@@ -122,28 +126,25 @@ class TrialReporter:
         path = Path(info["checkpoint"])
         return str(path), path.stat().st_mtime_ns
 
-    def _log_best(self, info: dict) -> None:
-        """Upload best.pt (tag its digest and epoch) only when it changed since the last."""
+    def _changed_best(self, info: dict) -> tuple[str, int | None, bool] | None:
+        """(path, epoch, flagged) of best.pt when it changed since the last upload, else None."""
+        if not info.get("checkpoint"):
+            return None
+        if self.logged_best is _UNREAD:
+            self.logged_best = self.run.best_epoch()
         key = self._best_key(info)
         if key == self.logged_best:
-            return
-        digest = self.run.log_checkpoint(info["checkpoint"])
-        self.run.client.set_tag(self.run.run_id, "best_sha256", digest)
-        if info.get("best_epoch") is not None:
-            self.run.client.set_tag(self.run.run_id, "best_epoch", str(info["best_epoch"]))
-        self.run.client.set_tag(self.run.run_id, "best_flagged",
-                                str(bool(info.get("best_flagged", False))).lower())
+            return None
         self.logged_best = key
+        return info["checkpoint"], info.get("best_epoch"), bool(info.get("best_flagged", False))
 
     def __call__(self, metrics: dict[str, float], info: dict) -> None:
         from orchestrator.search_space import objective_values, penalise_degenerate
 
         if "diverged" in info:
             raise RuntimeError(f"trial diverged: {info['diverged']}")
-        if self.run is not None:
-            self.run(metrics, info)
-            if info.get("checkpoint"):
-                self._log_best(info)
+        if self.run is not None:  # sent now, written while the Tune checkpoint is prepared
+            self.run.log_epoch(metrics, info, self._changed_best(info))
         reported = penalise_degenerate(metrics, self.tune)
         out = {k: float(v) for k, v in reported.items() if k.startswith(_REPORTED_PREFIXES)}
         out["epoch"] = float(info["epoch"])
@@ -155,6 +156,8 @@ class TrialReporter:
                 shutil.copy(info["last_checkpoint"], Path(tmp) / "last.pt")
                 (Path(tmp) / "run_id").write_text(self.run.run_id)
                 checkpoint = self.checkpoint_cls.from_directory(tmp)
+            if self.run is not None:
+                self.run.flush()  # the epoch is in MLflow before Tune/Train hears of it
             self.report_fn(out, checkpoint=checkpoint)
 
 
@@ -191,15 +194,24 @@ def run_trial_loop(ctx: TrialContext, params: dict[str, Any], trial_id: str, tri
         run_training(spec, reporter, out_dir / f"rank{rank}", ctx.cache_dir,
                      resume_from=resume, rank=rank, world_size=world_size)
     except SystemExit:  # Tune stopping the trial (ASHA) exits its thread after a report
-        if mlflow_run is not None:
-            mlflow_run.finish("FINISHED", "stopped early by the scheduler")
+        _close(mlflow_run, "FINISHED", "stopped early by the scheduler")
         raise
     except BaseException as exc:
-        if mlflow_run is not None:
-            mlflow_run.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        _close(mlflow_run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     if mlflow_run is not None:
         mlflow_run.finish("FINISHED")
+
+
+def _close(mlflow_run, status: str, note: str) -> None:
+    """Flush and close the run of a loop that ended by an exception; a failure here is
+    logged, so the loop's own exception is the one raised."""
+    if mlflow_run is None:
+        return
+    try:
+        mlflow_run.finish(status, note)
+    except Exception:  # noqa: BLE001 - the trial is failing already
+        log.exception("could not close MLflow run %s as %s", status, note[:200])
 
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:

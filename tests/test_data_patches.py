@@ -165,6 +165,28 @@ def test_changed_source_file_gives_new_entry(tmp_path):
     assert first.manifest["task"] == "ivif" and first.manifest["colour_rule"] == "keep_b_chroma"
 
 
+def test_a_process_hashes_each_unchanged_source_once(tmp_path, monkeypatch):
+    """A reused sweep trial process opens the same store for every trial: the sources are
+    read for their digests on the first open only, and a rewritten file is read again."""
+    root = tmp_path / "set"
+    rng = np.random.default_rng(4)
+    for role in ("ir", "vi"):
+        for name in ("1", "2", "3"):
+            write_image(root / role / f"{name}.png", rng.integers(0, 256, (40, 50), np.uint8))
+    read: list[str] = []
+    real = patches_mod.sha256_file
+    monkeypatch.setattr(patches_mod, "sha256_file", lambda p: read.append(p.name) or real(p))
+    spec, cache = PatchSpec(20, 20, 10), tmp_path / "cache"
+    first = PatchStore.build_or_load(open_pair_set(root), spec, cache)
+    assert first.built and len(read) == 6
+    for _ in range(3):
+        assert PatchStore.build_or_load(open_pair_set(root), spec, cache).path == first.path
+    assert len(read) == 6, "no source re-hashed while unchanged"
+    write_image(root / "vi" / "2.png", rng.integers(0, 256, (40, 50), np.uint8))
+    again = PatchStore.build_or_load(open_pair_set(root), spec, cache)
+    assert read[6:] == ["2.png"] and again.built and again.path != first.path
+
+
 @pytest.mark.parametrize(
     ("scale", "lo", "hi"), [("pm1", -1.0, 1.0), ("unit", 0.0, 1.0), ("raw", 0.0, 255.0)]
 )

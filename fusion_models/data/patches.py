@@ -153,6 +153,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Digests of source files this process has read, by (path, size, mtime_ns, inode): a process
+#: that opens the same sets' stores again (a reused sweep trial actor) does not re-hash them;
+#: a rewritten file has a new key and is read again.
+_SOURCE_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def _source_sha256(path: Path) -> str:
+    """:func:`sha256_file` of a source file, read once per process while it is unchanged."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SOURCE_DIGESTS:
+        _SOURCE_DIGESTS[key] = sha256_file(Path(path))
+    return _SOURCE_DIGESTS[key]
+
+
 def _sha256_array(arr: np.ndarray) -> str:
     digest = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
     digest.update(np.ascontiguousarray(arr).tobytes())
@@ -181,8 +196,8 @@ class _Sources:
                     "name": p.name,
                     "a": str(p.path_a),
                     "b": str(p.path_b),
-                    "sha256_a": sha256_file(p.path_a),
-                    "sha256_b": sha256_file(p.path_b),
+                    "sha256_a": _source_sha256(p.path_a),
+                    "sha256_b": _source_sha256(p.path_b),
                 }
                 for p in source.pairs
             ]
