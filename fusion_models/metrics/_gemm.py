@@ -17,7 +17,8 @@ from torch import Tensor
 
 #: Output rows and columns per block of the CPU's banded-matrix filter (:func:`gemm_filter`):
 #: small blocks waste few multiplications on the band's zeros, large ones keep the matrix
-#: products efficient; 32 measured fastest on a 2-core AVX-512 CPU for 7- to 17-tap windows.
+#: products efficient; 16 measured fastest (of 8-64) on a 2-core AVX-512 CPU for 7- to 17-tap
+#: windows.
 GEMM_BLOCK = 16
 
 
@@ -37,17 +38,16 @@ def _horizontal(y: Tensor, taps: tuple[float, ...], lead: tuple[int, ...]) -> li
     w_out = w - n + 1
     outer, (b, c, rows) = lead[:-3], lead[-3:]
     blocks, rest = divmod(w_out, GEMM_BLOCK)
+    d = len(outer)
     pieces = []
     if blocks:  # the blocks overlap by n - 1 columns: one strided view, no copy
         k = GEMM_BLOCK + n - 1
         view = y.as_strided((blocks, m, k), (GEMM_BLOCK, w, 1))
         band = _band(taps, GEMM_BLOCK, y.dtype).t().expand(blocks, k, GEMM_BLOCK)
         out = torch.bmm(view, band).view(blocks, *outer, b, c, rows, GEMM_BLOCK)
-        d = len(outer)
         pieces.append(out.permute(d + 1, d + 2, 0, *range(1, d + 1), d + 3, d + 4))
     if rest:
         out = torch.mm(y[:, blocks * GEMM_BLOCK :], _band(taps, rest, y.dtype).t())
-        d = len(outer)
         pieces.append(out.view(*outer, b, c, rows, rest).permute(d, d + 1, *range(d), d + 2,
                                                                  d + 3))
     return pieces

@@ -197,9 +197,15 @@ def cc(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
     Returns:
         (B,) float64 in [-1, 1] (NaN where an image is constant).
     """
+    return correlations(fused, a, b).mean(dim=1)
+
+
+def correlations(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Pearson corr(A, F) and corr(B, F) over all pixels: (B, 2) float64 in [-1, 1] (NaN
+    where an image is constant); from the shared sums of products (see :func:`covariance`)."""
     c = covariance(fused, a, b)
     var = torch.diagonal(c, dim1=1, dim2=2)
-    return (c[:, :2, 2] / torch.sqrt(var[:, :2] * var[:, 2:])).mean(dim=1)
+    return c[:, :2, 2] / torch.sqrt(var[:, :2] * var[:, 2:])
 
 
 def scd(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Tensor:

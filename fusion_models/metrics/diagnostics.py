@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fusion_models.metrics._spec import PRESETS
-from fusion_models.metrics.basic import covariance, sd
+from fusion_models.metrics.basic import correlations, sd
 from fusion_models.metrics.ssim import ssim_index
 
 
@@ -48,9 +48,7 @@ def degeneracy(
         (SSIM_B - SSIM_A), and boolean ``copy_a``, ``copy_b``, ``flat``, ``degenerate``
         (any flag), each a Tensor[B].
     """
-    c = covariance(fused, a, b)  # shared with CC/SCD/MSE inside a shared_work scope
-    var = torch.diagonal(c, dim1=1, dim2=2)
-    corr = c[:, :2, 2] / torch.sqrt(var[:, :2] * var[:, 2:])
+    corr = correlations(fused, a, b)  # shared with CC/SCD/MSE inside a shared_work scope
     # (B, 2), one pass for both sources; float32 (~1e-6) is ample for flags and 6 decimals
     similarity = ssim_index(fused, a, b, variant="wang", dtype=torch.float32)
     out = {"CC_A": corr[:, 0], "CC_B": corr[:, 1],
