@@ -1,8 +1,8 @@
 """Paper-budget training of FusionGAN and UFGAN on the real IVIF training split, then the held-out
 test pairs fused and measured: one GPU run of a few minutes gives a real model.
 
-Pure PyTorch (the one training loop, ``orchestrator.train.run_training``, with no reporter and
-no tracking; no Ray, no MLflow), so it runs on the GPU machine; on CPU use ``--smoke``.
+Pure PyTorch (the one training loop, ``orchestrator.training.loop.run_training``, with no
+reporter and no tracking; no Ray, no MLflow), so it runs on the GPU machine; on CPU use ``--smoke``.
 
 The data: an ``orchestrator split search_spaces/splits/ivif.yaml`` folder (``train``/``val``/
 ``test`` link sets). Each model is built from its ``search_spaces/<model>.yaml`` at the
@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from fusion_models.baselines import BASELINES  # noqa: E402
 from fusion_models.data import open_pair_set  # noqa: E402
-from orchestrator.config import load_spec  # noqa: E402
-from orchestrator.evaluate import evaluate_local, make_settings, plan_items  # noqa: E402
-from orchestrator.train import colour_rule, run_training  # noqa: E402
+from orchestrator.common.config import load_spec  # noqa: E402
+from orchestrator.evaluation.local import evaluate_local, make_settings, plan_items  # noqa: E402
+from orchestrator.training.loop import colour_rule, run_training  # noqa: E402
 
 METRICS = ("EN", "MI", "Qabf", "SF", "AG", "SD", "SSIM", "PSNR", "VIF")
 CONVENTIONS = ("cdd", "vifb")

@@ -38,7 +38,7 @@ HEADER = ("SAM°", "ERGAS", "Q4", "D_λ", "D_s", "QNR")
 
 def _released(name: str):
     """The imported released model, or None after printing why it is skipped."""
-    from orchestrator.import_cmd import resolve_pretrained
+    from orchestrator.common.model_refs import resolve_pretrained
 
     try:
         path = resolve_pretrained(f"pretrained:{name}")

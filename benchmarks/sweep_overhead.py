@@ -43,7 +43,7 @@ _TUNE_KEYS = ("val/", "epoch")
 
 def run_spec(spec, params: dict):
     """The RunSpec one trial trains: the sweep's run spec with ``params`` fixed."""
-    from orchestrator.config import RunSpec
+    from orchestrator.common.config import RunSpec
 
     raw = spec.run.model_dump(mode="json")
     raw["fixed"] = {**raw.get("fixed", {}), **params}
@@ -54,7 +54,7 @@ def bare_tune(spec, configs: list[dict], cache: str, storage: str) -> float:
     """Wall seconds of the bare Tune function variant over ``configs``."""
     from ray import tune
 
-    from orchestrator.train import run_training
+    from orchestrator.training.loop import run_training
 
     def trainable(config: dict) -> None:
         def report(metrics: dict, info: dict) -> None:
@@ -78,8 +78,8 @@ def bare_train_v2(spec, configs: list[dict], cache: str, storage: str) -> float:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.sweep import reuses_actors
-    from orchestrator.train import run_training
+    from orchestrator.search.sweep import reuses_actors
+    from orchestrator.training.loop import run_training
 
     r = spec.resources
 
@@ -115,7 +115,7 @@ def bare_train_v2(spec, configs: list[dict], cache: str, storage: str) -> float:
 def make_store(workdir: Path, model: str) -> float:
     """Create the sweep folder's MLflow store (schema + experiment) in a fresh process, as an
     earlier sweep or `orchestrator train` there would have; returns its wall seconds."""
-    code = ("from orchestrator.tracking import ensure_experiment, resolve_tracking_uri; "
+    code = ("from orchestrator.common.tracking import ensure_experiment, resolve_tracking_uri; "
             f"ensure_experiment('fusion/{model}', resolve_tracking_uri())")
     workdir.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def make_store(workdir: Path, model: str) -> float:
 def ours(spec, cache: str, workdir: Path) -> tuple[float, list[dict]]:
     """Wall seconds of ``run_sweep`` in ``workdir`` and the parameters of its trials (in
     the order Tune created them)."""
-    from orchestrator.sweep import run_sweep
+    from orchestrator.search.sweep import run_sweep
 
     os.chdir(workdir)
     t0 = time.perf_counter()
@@ -148,7 +148,7 @@ def warm_up(spec, cache: str, root: Path) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback  # noqa: F401
 
-    from orchestrator.train import run_training
+    from orchestrator.training.loop import run_training
 
     run_training(spec.run, None, str(root / "warm"), cache)
 
@@ -176,7 +176,7 @@ def variants(args: argparse.Namespace) -> list[tuple]:
 def measure(args: argparse.Namespace, root: Path) -> tuple[dict, dict, dict[str, float]]:
     """({variant: [wall s per repeat]}, {sweep variant: its bare variant}, {sweep variant:
     store creation s}). Repeats alternate the order: sweep first, then bare first."""
-    from orchestrator.search_space import load_sweep
+    from orchestrator.search.space import load_sweep
 
     yaml_path = REPO / "search_spaces" / f"{args.model}.yaml"
     cache = str(root / "cache")

@@ -29,9 +29,9 @@ from fusion_models import registry  # noqa: E402
 from fusion_models.baselines import average  # noqa: E402
 from fusion_models.data import open_pair_set  # noqa: E402
 from fusion_models.metrics import compute_metrics  # noqa: E402
-from orchestrator.config import load_spec  # noqa: E402
-from orchestrator.train import colour_rule, run_training  # noqa: E402
-from orchestrator.validation import evaluate_model, load_val_pairs  # noqa: E402
+from orchestrator.common.config import load_spec  # noqa: E402
+from orchestrator.training.loop import colour_rule, run_training  # noqa: E402
+from orchestrator.training.validation import evaluate_model, load_val_pairs  # noqa: E402
 
 GRADIENT = ("SF", "AG", "Qabf")
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fusion_models import registry  # noqa: E402
-from orchestrator.config import load_spec  # noqa: E402
+from orchestrator.common.config import load_spec  # noqa: E402
 
 
 def random_batch(model, batch: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ What the authors' ``Code_PMGI/Pan_shapening`` pipeline does, and what we do:
   does); the base is histogram-matched (MATLAB ``histeq(base, imhist(ms_band))``, its LUT
   rule reimplemented in :func:`histeq_lut`) to the low-res MS band; result = base + detail.
 - **Training** (:func:`train_pmgi_pan`): a small pure-PyTorch loop, not
-  ``orchestrator/train.py``: that loop's patch store and validation work on same-size grey
+  ``orchestrator/training/loop.py``: that loop's patch store and validation work on same-size grey
   pairs scored by fusion metrics, whereas here one sample is a PAN with a C-band MS at another
   resolution, and the checkpoint is chosen on a pansharpening index (ERGAS on the val split).
   It draws random ``window`` x ``window`` crops of (band, PAN) pairs and calls the model's own

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from fusion_models.metrics import REPORT_METRICS
-from orchestrator import eval_cmd
-from orchestrator.pan_cmd import pan_eval_command
+from orchestrator.evaluation import EvalArgs, pan_eval_command, run_eval
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +66,7 @@ MISALIGN_OPTION = click.option(
 @MISALIGN_OPTION
 def eval_command(**kwargs: object) -> None:
     """Measure fused images (--fused), a baseline (--method) or a model (--model) on a set."""
-    eval_cmd.run(eval_cmd.EvalArgs(**kwargs))
+    run_eval(EvalArgs(**kwargs))
 
 
 @main.command("train")
@@ -86,8 +85,8 @@ def train_command(spec: str, overrides: tuple[str, ...], smoke: bool, device: st
                   out_dir: str | None, tracking_uri: str | None, cache_dir: str | None,
                   quiet: bool) -> None:
     """Train ONE configuration of a model (a search_spaces/<model>.yaml + --set overrides)."""
-    from orchestrator.eval_cmd import cache_dir as default_cache
-    from orchestrator.train_cmd import train
+    from orchestrator.common import cache_dir as default_cache
+    from orchestrator.training import train
 
     try:
         result = train(spec, overrides, smoke, device, out_dir, tracking_uri,
@@ -130,9 +129,8 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
                   tracking_uri: str | None, cache_dir: str | None, quiet: bool,
                   reseed_best: int | None, seeds: int, with_default: bool) -> None:
     """Search a model's hyperparameters (Ray Tune + Optuna + ASHA), every trial in MLflow."""
-    from orchestrator import sweep_cmd
-    from orchestrator.eval_cmd import cache_dir as default_cache
-    from orchestrator.sweep import SweepError
+    from orchestrator.common import cache_dir as default_cache
+    from orchestrator.search import SweepError, run_reseed_command, run_sweep_command
 
     cache = cache_dir or str(default_cache())
     try:
@@ -140,13 +138,13 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
             if overrides or smoke or resume or num_samples is not None:
                 raise ValueError("--reseed-best re-runs the sweep's own logged settings: "
                                  "drop --set/--smoke/--resume/--num-samples")
-            sweep_cmd.reseed(spec, name, reseed_best, seeds, tracking_uri, cache, address, quiet,
-                             with_default)
+            run_reseed_command(spec, name, reseed_best, seeds, tracking_uri, cache, address,
+                               quiet, with_default)
             return
         if with_default:
             raise ValueError("--with-default goes with --reseed-best")
-        sweep_cmd.run(spec, overrides, smoke, num_samples, address, resume, name,
-                      tracking_uri, cache, quiet)
+        run_sweep_command(spec, overrides, smoke, num_samples, address, resume, name,
+                          tracking_uri, cache, quiet)
     except (ValueError, SweepError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -178,9 +176,9 @@ def report_command(sweep: str, out_dir: str, top: int, data: str | None, pairs: 
     import os
 
     from fusion_models.metrics import resolve_metric_names
-    from orchestrator.eval_cmd import cache_dir as default_cache
-    from orchestrator.report import ReportArgs, write_report
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.common import cache_dir as default_cache
+    from orchestrator.common import resolve_tracking_uri
+    from orchestrator.reporting import ReportArgs, write_report
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per artifact
     try:
@@ -211,9 +209,9 @@ def compare_command(sweep: str, out_dir: str, model_ref: str | None, address: st
     """The promoted model vs the paper defaults (mean ± std over seeds), the references and
     the baselines on SWEEP's test pairs (after `sweep --reseed-best N --with-default` and
     `promote`)."""
-    from orchestrator.compare import COMPARE_METRICS, run_compare
-    from orchestrator.eval_cmd import cache_dir as default_cache
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.common import cache_dir as default_cache
+    from orchestrator.common import resolve_tracking_uri
+    from orchestrator.reporting import COMPARE_METRICS, run_compare
 
     try:
         result = run_compare(sweep, resolve_tracking_uri(tracking_uri), out_dir,
@@ -241,8 +239,8 @@ def compare_command(sweep: str, out_dir: str, model_ref: str | None, address: st
 def promote_command(sweep: str, metric: str, mode: str, alias: str, run_id: str | None,
                     tracking_uri: str | None) -> None:
     """Register a sweep's best trial checkpoint (SWEEP: name or parent run id) as a model."""
-    from orchestrator.promote import promote
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.common import resolve_tracking_uri
+    from orchestrator.deploy import promote
 
     try:
         res = promote(sweep, resolve_tracking_uri(tracking_uri), metric, mode, alias, run_id)
@@ -287,7 +285,7 @@ def fuse_command(checkpoint: str, data: str | None, out_dir: str | None, file_a:
     CHECKPOINT: a checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION or
     runs:/RUN_ID[/PATH] (downloaded to ./.fusion_models and checked by sha256).
     """
-    from orchestrator.fuse_cmd import run_fuse
+    from orchestrator.deploy import run_fuse
 
     try:
         written = run_fuse(checkpoint, data, out_dir, file_a, file_b, out_file, task,
@@ -318,8 +316,8 @@ def import_weights_command(src: str, import_everything: bool, release: str | Non
     pretrained:NAME in fuse, eval, train and sweep (fixed: {init: pretrained:NAME}).
     """
     from fusion_models.pretrained.tf_bundle import TFBundleError
-    from orchestrator.eval_cmd import _parse_options
-    from orchestrator.import_cmd import import_all, import_one
+    from orchestrator.deploy import import_all, import_one
+    from orchestrator.evaluation import parse_options
 
     try:
         if import_everything:
@@ -328,7 +326,7 @@ def import_weights_command(src: str, import_everything: bool, release: str | Non
                                  "drop --release/--model/--set")
             done = import_all(src, out)
         else:
-            done = [import_one(src, release, model, _parse_options(overrides), out)]
+            done = [import_one(src, release, model, parse_options(overrides), out)]
     except (TFBundleError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise click.ClickException(str(message)) from exc
@@ -344,7 +342,7 @@ def import_weights_command(src: str, import_everything: bool, release: str | Non
 def split_command(definition: str, out: str) -> None:
     """Named train/val/test splits of real sets (DEFINITION: a split YAML)."""
     from fusion_models.data import DataError
-    from orchestrator.split_cmd import write_split
+    from orchestrator.training import write_split
 
     try:
         counts = write_split(definition, out)
@@ -365,7 +363,7 @@ def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
     import os
     import sys
 
-    from orchestrator.tracking import DEFAULT_ARTIFACTS, resolve_tracking_uri
+    from orchestrator.common import DEFAULT_ARTIFACTS, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     base = f"http://{host}:{port}"
@@ -382,7 +380,7 @@ def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
 def _ui_links(uri: str, base: str) -> list[str]:
     """The lines `orchestrator ui` prints: the runs table of every experiment with a sweep,
     then each sweep's parent run page (it lists the trials as child runs)."""
-    from orchestrator.tracking import runs_url, sweep_runs
+    from orchestrator.common import runs_url, sweep_runs
 
     try:
         sweeps = sweep_runs(uri)
@@ -399,7 +397,7 @@ def _ui_links(uri: str, base: str) -> list[str]:
     return lines
 
 
-main.add_command(pan_eval_command)  # orchestrator/pan_cmd.py
+main.add_command(pan_eval_command)  # orchestrator/evaluation/pansharpen.py
 
 
 if __name__ == "__main__":

@@ -91,9 +91,9 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator.search_space import load_sweep
-    from orchestrator.sweep import run_sweep
-    from orchestrator.train import run_training
+    from orchestrator.search.space import load_sweep
+    from orchestrator.search.sweep import run_sweep
+    from orchestrator.training.loop import run_training
 
     # generated data + patch stores once, before any trial could race on creating them
     run_training(load_sweep(YAML, ["fixed.epochs=1"], smoke=True).run, None, work / "warm",

@@ -18,12 +18,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fusion_models.metrics import get_convention
-from orchestrator import eval_cmd
-from orchestrator.atomic import atomic_open, atomic_write
-from orchestrator.evaluate import EvalReport, PairResult
-from orchestrator.report import _write_files
-from orchestrator.report_images import Method, metric_table
-from orchestrator.sweep_record import log_table
+from orchestrator.common.atomic import atomic_open, atomic_write
+from orchestrator.evaluation import command as eval_cmd
+from orchestrator.evaluation.local import EvalReport, PairResult
+from orchestrator.reporting.images import Method, metric_table
+from orchestrator.reporting.report import _write_files
+from orchestrator.search.record import log_table
 
 
 class _FillingFile:

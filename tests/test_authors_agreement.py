@@ -26,7 +26,7 @@ from fusion_models.data.colour import plan_colour
 from fusion_models.pretrained.authors_inputs import case_inputs
 from fusion_models.pretrained.released import CATALOGUE
 from fusion_models.pretrained.tf_import import import_release
-from orchestrator.fuse import fuse_files
+from orchestrator.deploy.fuse import fuse_files
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "authors_tf_outputs.json")
                      .read_text())

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fusion_models import registry
-from orchestrator.train import sync_gradients
+from orchestrator.training.loop import sync_gradients
 
 
 def _free_port() -> int:
@@ -60,8 +60,8 @@ def test_synced_ranks_keep_identical_weights(name, params, tmp_path):
 
 
 def test_models_with_loss_dependent_step_counts_refuse_several_workers(tmp_path):
-    from orchestrator.config import load_spec
-    from orchestrator.train import _setup
+    from orchestrator.common.config import load_spec
+    from orchestrator.training.loop import _setup
 
     spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "search_spaces",
                                   "ddcgan.yaml"), ["train.device=cpu"])

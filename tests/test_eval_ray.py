@@ -6,8 +6,8 @@ import pytest
 
 from fusion_models.data import open_pair_set
 from fusion_models.metrics import PRESETS
-from orchestrator.evaluate import evaluate_local, make_settings, plan_items
-from orchestrator.evaluate_ray import evaluate_ray
+from orchestrator.evaluation.local import evaluate_local, make_settings, plan_items
+from orchestrator.evaluation.ray_data import evaluate_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -37,7 +37,7 @@ def test_model_checkpoint_fused_in_ray_data_actors_matches_in_process(ray_local,
 
     from fusion_models import registry
     from fusion_models.data.colour import default_rule
-    from orchestrator.fuse import fuse_set
+    from orchestrator.deploy.fuse import fuse_set
 
     torch.manual_seed(0)
     model = registry.build("pmgi", {"channels": 4})

@@ -21,7 +21,7 @@ from fusion_models.inference import (
     prepare_for_inference,
 )
 from orchestrator.cli import main
-from orchestrator.fuse import fuse_set
+from orchestrator.deploy.fuse import fuse_set
 
 #: BN layers that must stay: DDcGAN runs ``dec0.conv`` twice, only the second pass has the BN
 KEPT = {"ddcgan": {"generator.dec0_bn"}}

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.config import load_spec
-from orchestrator.import_cmd import import_all
-from orchestrator.search_space import load_sweep
-from orchestrator.train import _make_model
+from orchestrator.common.config import load_spec
+from orchestrator.deploy.import_weights import import_all
+from orchestrator.search.space import load_sweep
+from orchestrator.training.loop import _make_model
 
 REPO = Path(__file__).resolve().parents[1]
 PMGI = REPO / "search_spaces" / "pmgi.yaml"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fusion_models.pansharpen_eval import baseline_method, evaluate_pan
 from fusion_models.registry import build
 from orchestrator.cli import main
-from orchestrator.pan_cmd import open_set
+from orchestrator.evaluation.pansharpen import open_set
 
 SET = ["--data", "generated:pan:test", "--n", "2", "--size", "128"]
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from fusion_models import registry
 from fusion_models.data import make_ivif
 from orchestrator.cli import main
-from orchestrator.validation import evaluate_model, load_val_pairs
+from orchestrator.training.validation import evaluate_model, load_val_pairs
 
 METRICS = ["EN", "SF", "Qabf", "SSIM"]
 #: per-model settings: batch-statistics BN where a model offers it, no VGG weights needed

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from fusion_models import registry
 from fusion_models.data import read_image, write_image
 from orchestrator.cli import main
-from orchestrator.promote import promote, resolve_checkpoint
-from orchestrator.tracking import sha256_file
+from orchestrator.common.model_refs import resolve_checkpoint
+from orchestrator.common.tracking import sha256_file
+from orchestrator.deploy.promote import promote
 
 SWEEP = "pmgi-test-sweep"
 SCORES = {"t0": 0.30, "t1": 0.55, "t2": 0.42, "t3": 0.90}  # t3 is FAILED: never a candidate
@@ -139,7 +140,7 @@ def test_cli_promote_then_fuse_from_the_registry(store, tmp_path, monkeypatch):
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     """Ray workers run in their trial folder: a relative sqlite URI must name one file."""
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.common.tracking import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

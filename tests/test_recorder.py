@@ -15,11 +15,11 @@ from urllib.parse import urlparse
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.recorder import ask, start_recorder
-from orchestrator.search_space import load_sweep
-from orchestrator.sweep import trial_context
-from orchestrator.tracking import MlflowRun, sha256_file
-from orchestrator.trial import run_trial_loop
+from orchestrator.common.tracking import MlflowRun, sha256_file
+from orchestrator.search.recorder import ask, start_recorder
+from orchestrator.search.space import load_sweep
+from orchestrator.search.sweep import trial_context
+from orchestrator.search.trial import run_trial_loop
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, STOP_AT = 3, 2
@@ -105,7 +105,7 @@ def test_a_killed_trial_process_loses_no_reported_epoch(ray_local, cache, tmp_pa
 
         from ray.train import Checkpoint
 
-        from orchestrator.trial import run_trial_loop
+        from orchestrator.search.trial import run_trial_loop
 
         def report_fn(metrics: dict, checkpoint=None) -> None:
             with sqlite3.connect(db) as con:

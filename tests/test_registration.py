@@ -32,7 +32,7 @@ from fusion_models.registration import (
     warp,
 )
 from orchestrator.cli import main
-from orchestrator.evaluate import make_settings
+from orchestrator.evaluation.local import make_settings
 
 MOVES = {  # name: (dx, dy, rotation_deg)
     "shift": (3.5, -2.25, 0.0),
@@ -184,7 +184,7 @@ def test_eval_warns_about_a_moved_pair_only(tmp_path, shared_data, caplog):
 
 def test_eval_does_not_warn_on_the_generated_demo_set(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
-    with caplog.at_level(logging.INFO, logger="orchestrator.fuse"):
+    with caplog.at_level(logging.INFO, logger="orchestrator.deploy.fuse"):
         code, output, _ = run_eval("--data", "generated:ivif", "--method", "average",
                                    "--metrics", "EN")
     assert code == 0, output
@@ -263,8 +263,8 @@ def test_ray_data_carries_the_guard_to_the_driver(ray_local, shared_data, tmp_pa
     """Ray workers do not log to the driver: the estimate travels in PairResult.alignment and
     equals the in-process one; with --register the metrics match in-process too."""
     from fusion_models.data import open_pair_set
-    from orchestrator.evaluate import evaluate_local, plan_items
-    from orchestrator.evaluate_ray import evaluate_ray
+    from orchestrator.evaluation.local import evaluate_local, plan_items
+    from orchestrator.evaluation.ray_data import evaluate_ray
 
     moved = make_set(tmp_path / "moved", shared_data, known((256, 256), 3.5, -2.25, 1.5))
     items = plan_items(open_pair_set(moved), None)

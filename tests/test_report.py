@@ -21,12 +21,12 @@ from mlflow.tracking import MlflowClient
 
 from fusion_models.registry import get_model_class
 from orchestrator.cli import main
-from orchestrator.compare import COMPARE_METRICS
-from orchestrator.final_eval import final_eval
-from orchestrator.import_cmd import import_all
-from orchestrator.reseed import CONTROL
-from orchestrator.search_space import load_sweep
-from orchestrator.sweep import run_sweep
+from orchestrator.deploy.import_weights import import_all
+from orchestrator.reporting.compare import COMPARE_METRICS
+from orchestrator.search.final_eval import final_eval
+from orchestrator.search.reseed import CONTROL
+from orchestrator.search.space import load_sweep
+from orchestrator.search.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "search_spaces" / "mffgan.yaml"
@@ -139,7 +139,7 @@ def test_compare_sets_the_promoted_model_against_the_control_refs_and_baselines(
     paper-default control as mean ± std over their seeds, the reference and the 4 baselines,
     all on the sweep's 8 generated test pairs; a baseline row equals `orchestrator eval`; the
     verdict counts exactly the metrics the promoted row wins."""
-    from orchestrator.evaluate import metric_direction
+    from orchestrator.evaluation.local import metric_direction
 
     out, work = swept["out"], swept["work"]
     data = json.loads((work / "compare" / "comparison.json").read_text())

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from orchestrator.evaluate import EvalReport, PairResult
-from orchestrator.report_images import Method, metric_table, pick_crop, tiles
-from orchestrator.report_plots import pareto_mask
-from orchestrator.search_space import SpaceEntry, load_sweep
-from orchestrator.sensitivity import param_importances, seed_stats, usable_rows
+from orchestrator.evaluation.local import EvalReport, PairResult
+from orchestrator.reporting.images import Method, metric_table, pick_crop, tiles
+from orchestrator.reporting.plots import pareto_mask
+from orchestrator.reporting.sensitivity import param_importances, seed_stats, usable_rows
+from orchestrator.search.space import SpaceEntry, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,8 +133,8 @@ def test_pareto_mask_keeps_the_non_dominated_points():
 
 
 def test_a_reseed_config_trains_the_original_params_with_its_own_seed(pmgi_spec):
-    from orchestrator.sweep import trial_context
-    from orchestrator.trial import RESEED, split_config, trial_spec
+    from orchestrator.search.sweep import trial_context
+    from orchestrator.search.trial import RESEED, split_config, trial_spec
 
     params = {"w_int_a": 2.0, "channels": 16}
     assert split_config(params) == (params, {})
@@ -149,9 +149,9 @@ def test_a_reseed_config_trains_the_original_params_with_its_own_seed(pmgi_spec)
 def test_with_default_adds_the_paper_default_control_with_the_same_seeds(pmgi_spec):
     """The control trains the YAML's fixed settings only (no searched key): the model's
     paper defaults at the same budget, with the seeds the best configuration gets."""
-    from orchestrator.reseed import CONTROL, reseed_configs
-    from orchestrator.sweep import trial_context
-    from orchestrator.trial import split_config, trial_spec
+    from orchestrator.search.reseed import CONTROL, reseed_configs
+    from orchestrator.search.sweep import trial_context
+    from orchestrator.search.trial import split_config, trial_spec
 
     rows = _rows(pmgi_spec, 6)
     plain = reseed_configs(pmgi_spec, rows, 2, 3)
@@ -167,8 +167,8 @@ def test_with_default_adds_the_paper_default_control_with_the_same_seeds(pmgi_sp
 def test_promote_never_picks_a_control_or_a_flagged_run():
     from types import SimpleNamespace
 
-    from orchestrator.promote import _eligible
-    from orchestrator.reseed import CONTROL
+    from orchestrator.deploy.promote import _eligible
+    from orchestrator.search.reseed import CONTROL
 
     def run(metrics=None, **tags):
         return SimpleNamespace(data=SimpleNamespace(tags=tags, metrics=metrics or {}))
@@ -184,8 +184,8 @@ def test_promote_never_picks_a_control_or_a_flagged_run():
 
 
 def test_verdict_counts_metrics_won_against_the_control_and_every_baseline():
-    from orchestrator.compare import COMPARE_METRICS, Comparison, markdown, verdict
-    from orchestrator.reseed import CONTROL
+    from orchestrator.reporting.compare import COMPARE_METRICS, Comparison, markdown, verdict
+    from orchestrator.search.reseed import CONTROL
 
     def row(kind, detail, value, degenerate=0):
         out = {"label": detail, "kind": kind, "detail": detail, "n": 1, "pairs": 4,

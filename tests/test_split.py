@@ -73,7 +73,7 @@ RECIPES = sorted((REPO / "search_spaces" / "real").glob("*.yaml"))
 def test_real_data_recipes_validate_on_their_committed_split(recipe):
     """Each recipe trains, selects and tests on the three roles of one committed split and
     compares against a released checkpoint it can also start from."""
-    from orchestrator.search_space import load_sweep
+    from orchestrator.search.space import load_sweep
 
     spec = load_sweep(recipe)
     root = (REPO / "splits").resolve()
@@ -87,7 +87,7 @@ def test_real_data_recipes_validate_on_their_committed_split(recipe):
 
 
 def test_split_role_folders_are_labelled_by_split_and_role(tmp_path, shared_data):
-    from orchestrator.final_eval import set_label
+    from orchestrator.search.final_eval import set_label
 
     path = _definition(tmp_path, shared_data, 'test: {tno: ["01"]}\nval: {tno: ["03"]}\n')
     CliRunner().invoke(main, ["split", str(path), "--out", str(tmp_path / "ivif")])

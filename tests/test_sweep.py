@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fusion_models import registry
-from orchestrator.search_space import load_sweep
-from orchestrator.sweep import SweepError, run_sweep
+from orchestrator.search.space import load_sweep
+from orchestrator.search.sweep import SweepError, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -81,8 +81,8 @@ def test_ufgan_sweep_ray_train_promote_fuse_eval(ray_local, tmp_path, monkeypatc
 def test_two_ray_train_workers_per_trial_log_once(ray_local, tmp_path, monkeypatch):
     """workers: 2 — a TorchTrainer of two data-parallel ranks per trial (gradients averaged
     over a real gloo group); rank 0 alone writes the trial's one MLflow child run."""
-    from orchestrator.search_space import load_sweep
-    from orchestrator.sweep import run_sweep
+    from orchestrator.search.space import load_sweep
+    from orchestrator.search.sweep import run_sweep
 
     monkeypatch.chdir(tmp_path)
     spec = load_sweep(REPO / "search_spaces" / "pmgi.yaml",
@@ -100,7 +100,7 @@ def test_two_ray_train_workers_per_trial_log_once(ray_local, tmp_path, monkeypat
     assert train_runs, "the Train run checkpointed to the sweep's storage"
     # --reseed-best through the same Ray Train path: the sweep's logged spec (workers: 2),
     # one config x one new seed -> one more child run, from rank 0 only, with the new seed
-    from orchestrator.reseed import run_reseed
+    from orchestrator.search.reseed import run_reseed
 
     again = run_reseed(str(REPO / "search_spaces" / "pmgi.yaml"), out.name, 1, 1,
                        tracking_uri=out.tracking_uri, cache_dir=str(tmp_path / "cache"),

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from fusion_models import registry
-from orchestrator.config import load_spec
-from orchestrator.search_space import SpaceSampler, SweepSpec, load_sweep, objective_values
-from orchestrator.sweep import SweepError, check_resources
+from orchestrator.common.config import load_spec
+from orchestrator.search.space import SpaceSampler, SweepSpec, load_sweep, objective_values
+from orchestrator.search.sweep import SweepError, check_resources
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_every_committed_yaml_is_a_valid_sweep(name):
 def test_final_evaluation_is_test_only_on_pairs_no_trial_saw(tmp_path):
     """Generated training data -> the generated test split (labelled test); a folder with no
     tune.test_data -> the validation set, labelled validation (never test)."""
-    from orchestrator.search_space import evaluation_sets
+    from orchestrator.search.space import evaluation_sets
 
     ufgan = load_sweep(REPO / "search_spaces" / "ufgan.yaml")
     assert ufgan.run.val_entry() == "generated:ivif:val"
@@ -148,7 +148,7 @@ def test_resources_are_checked_against_the_cluster():
 
 
 def test_uri_storage_goes_to_tune_while_sweep_files_stay_local(tmp_path, monkeypatch):
-    from orchestrator.sweep import storage_paths
+    from orchestrator.search.sweep import storage_paths
 
     monkeypatch.chdir(tmp_path)
     assert storage_paths("s3://bucket/fo/ray_results") == ("s3://bucket/fo/ray_results",

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from fusion_models import registry
 from orchestrator.cli import main
-from orchestrator.config import load_spec
-from orchestrator.train import run_training
+from orchestrator.common.config import load_spec
+from orchestrator.training.loop import run_training
 
 SPEC = """model: tiny
 data: {train: "generated:ivif", val_pairs: 3}
@@ -52,7 +52,7 @@ def test_loop_trains_validates_and_checkpoints(tiny, tmp_path):
 
 
 def test_loop_reports_batches_per_epoch_to_the_model(tiny, tmp_path):
-    from orchestrator.train import _setup
+    from orchestrator.training.loop import _setup
 
     run = _setup(load_spec(tiny), tmp_path / "out", tmp_path / "cache")
     assert run.model.steps_per_epoch == min(len(run.loader), 8) > 0
@@ -234,7 +234,7 @@ def test_an_unflagged_evaluation_beats_a_flagged_best_whatever_its_metric(tiny, 
 
 
 def test_tune_sees_a_flagged_evaluation_worsened_by_the_penalty():
-    from orchestrator.search_space import TuneSpec, penalise_degenerate
+    from orchestrator.search.space import TuneSpec, penalise_degenerate
 
     tune = TuneSpec(metric=["val/Qabf", "val/MSE"], mode=["max", "min"])
     clean = {"val/Qabf": 0.6, "val/MSE": 10.0, "val/degenerate": 0.0}
@@ -249,7 +249,7 @@ def test_tune_sees_a_flagged_evaluation_worsened_by_the_penalty():
 def test_extra_training_sets_join_the_patch_stream(tiny, tmp_path):
     """``data.extra_train``: the loader draws from the union of the sets' patch stores (so
     an epoch over both is longer), validation stays on the main set's val split."""
-    from orchestrator.train import _setup
+    from orchestrator.training.loop import _setup
 
     alone = _setup(load_spec(tiny, ["train.max_steps_per_epoch=null"]), tmp_path / "a",
                    tmp_path / "cache")

@@ -11,10 +11,10 @@ from urllib.parse import urlparse
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator.search_space import load_sweep
-from orchestrator.sweep import trial_context
-from orchestrator.tracking import MlflowRun, sha256_file
-from orchestrator.trial import TrialReporter, open_child_run
+from orchestrator.common.tracking import MlflowRun, sha256_file
+from orchestrator.search.space import load_sweep
+from orchestrator.search.sweep import trial_context
+from orchestrator.search.trial import TrialReporter, open_child_run
 
 REPO = Path(__file__).resolve().parents[1]
 

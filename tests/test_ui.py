@@ -17,11 +17,11 @@ from _chromium import check_page
 from _procs import free_port, stop_group, wait_healthy
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
-from orchestrator.search_space import load_sweep
-from orchestrator.sweep import SweepOutcome
-from orchestrator.sweep_cmd import echo_outcome
-from orchestrator.tracking import MlflowRun, ensure_experiment
+from orchestrator.common import tracking
+from orchestrator.common.tracking import MlflowRun, ensure_experiment
+from orchestrator.search.command import echo_outcome
+from orchestrator.search.space import load_sweep
+from orchestrator.search.sweep import SweepOutcome
 
 REPO = Path(__file__).resolve().parents[1]
 #: The experiment tag MLflow 3's UI reads as the experiment kind, and the model-training kind.

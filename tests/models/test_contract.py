@@ -11,7 +11,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from fusion_models import registry
-from orchestrator.config import load_spec
+from orchestrator.common.config import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
