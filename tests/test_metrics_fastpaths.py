@@ -20,8 +20,14 @@ from fusion_models.metrics._filters import correlate_1d
 from fusion_models.metrics._gemm import gemm_decimate, gemm_filter
 from fusion_models.metrics._memo import memoised
 from fusion_models.metrics._spec import PRESETS
-from fusion_models.metrics._stats import _exact_in_float32, pixel_sum
-from fusion_models.metrics.basic import cc, mse, scd
+from fusion_models.metrics._stats import (
+    _exact_in_float32,
+    grey_levels,
+    joint_counts,
+    joint_histogram256,
+    pixel_sum,
+)
+from fusion_models.metrics.basic import ag, cc, en, mi, mse, scd, sd, sf
 from fusion_models.metrics.diagnostics import degeneracy
 from fusion_models.metrics.ssim import ssim, ssim_index
 from orchestrator.cli import main
@@ -95,6 +101,34 @@ def test_diagnostics_score_each_source_alone():
     assert (flags["SSIM_B"] - ssim(f, b, b, wang)).abs().max() < 5e-6
     copy = degeneracy(b.clone(), a, b)
     assert bool(copy["copy_b"].all()) and not bool(copy["copy_a"].any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_joint_counts_equal_the_generic_histogram(dtype):
+    # rounding half to even, clamping, non-integer values: the CPU per-image path counts the
+    # same pairs as the generic offset-bincount path
+    f, a, b = (x.to(dtype) for x in _images(3, integer=False))
+    a[0, 0, :3, :4] = torch.tensor([-3.0, 0.5, 1.5, 254.5]).to(dtype)
+    b[1, 0, 5, :3] = torch.tensor([255.5, 300.0, 2.5]).to(dtype)
+    levels = grey_levels(torch.cat([a, b, f], dim=1))
+    expected = joint_histogram256(levels[:, :2], levels[:, 2:])
+    assert torch.equal(joint_counts(f, (a, b)), expected)
+
+
+@pytest.mark.parametrize("integer", [True, False])
+def test_shared_scope_changes_no_basic_value(integer):
+    # EN from MI's joint counts, SD memoised, the reworked AG/SF/MSE sums
+    f, a, b = _images(4, shape=(3, 1, 37, 52), integer=integer)
+    fns = (en, mi, sd, sf, ag, mse)
+    alone = [fn(f, a, b) for fn in fns]
+    with shared_work():
+        shared = [fn(f, a, b) for fn in fns]
+    for x, y in zip(alone, shared, strict=True):
+        assert torch.allclose(x, y, rtol=1e-13, atol=0)
+    f64 = f.double()
+    gy, gx = np.gradient(f64[:, 0].numpy(), axis=(1, 2))
+    expected = np.sqrt((gx**2 + gy**2) / 2).mean(axis=(1, 2))
+    assert np.allclose(ag(f, a, b).numpy(), expected, rtol=1e-14, atol=0)
 
 
 def test_shared_work_computes_once_and_sees_changes():

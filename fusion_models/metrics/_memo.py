@@ -34,6 +34,11 @@ def shared_work() -> Iterator[None]:
         _SCOPE.reset(token)
 
 
+def in_shared_scope() -> bool:
+    """True inside a :func:`shared_work` scope (results computed now will be reused)."""
+    return _SCOPE.get() is not None
+
+
 def memoised(name: str, inputs: tuple[Tensor, ...], compute: Callable[[], T]) -> T:
     """``compute()``, or its earlier result for ``name`` and these same, unmodified tensors.
 

@@ -37,6 +37,7 @@ from fusion_models.metrics._stats import (
     gram,
     grey_levels,
     histogram256,
+    joint_counts,
     joint_histogram256,
     local_moments,
     moment_stack,
@@ -51,7 +52,8 @@ __all__ = [
     "CPU_CHUNK_PIXELS", "CPU_STRIP_BYTES", "DEVICE_CHUNK_PIXELS", "Mode", "Moments", "Padding",
     "batch_chunks", "box_mean_valid", "box_sum_valid", "check_images", "convolve2d",
     "correlate_1d", "correlate2d", "correlate_separable", "entropy", "fspecial_gaussian",
-    "gaussian_taps", "gradient", "gram", "grey_levels", "histogram256", "joint_histogram256",
+    "gaussian_taps", "gradient", "gram", "grey_levels", "histogram256", "joint_counts",
+    "joint_histogram256",
     "local_moments", "moment_stack", "over_chunks", "pad2d", "pixel_sum", "row_strips", "sobel",
     "split_moments", "split_moments_", "windowed_sums",
 ]

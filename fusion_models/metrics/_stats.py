@@ -36,7 +36,11 @@ def _fill_moment_stack(
     off = 0
     for img, m in zip(images, shift, strict=True):
         k = img.shape[1]
-        torch.sub(img[:, :, start : start + x.shape[-2]], m, out=x[:, off : off + k])
+        rows, dst = img[:, :, start : start + x.shape[-2]], x[:, off : off + k]
+        if img.dtype == x.dtype:
+            torch.sub(rows, m, out=dst)
+        else:  # convert straight into the buffer (sub would convert into a temporary first)
+            dst.copy_(rows).sub_(m)
         off += k
     src, fused = x[:, :r], x[:, r : r + 1]
     torch.mul(src, src, out=x[:, r + 1 : 2 * r + 1])
@@ -66,12 +70,17 @@ def split_moments(filtered: Tensor, r: int) -> Moments:
     return Moments(mu_r, mu_d, e_rr - mu_r * mu_r, e_dd - mu_d * mu_d, e_rd - mu_r * mu_d)
 
 
-def split_moments_(filtered: Tensor, r: int) -> Moments:
-    """:func:`split_moments` in place: the variances and covariances overwrite E[x^2], E[xy]."""
+def split_moments_(filtered: Tensor, r: int, weight: float = 1.0) -> Moments:
+    """:func:`split_moments` in place: the variances and covariances overwrite E[x^2], E[xy].
+
+    ``weight`` W: the filtered values are window sums with total weight W (e.g. 49 for 7x7
+    box sums), and the moments come out W times the means, variances and covariances
+    (S_xy - S_x S_y / W = W cov): no pass divides every channel by W.
+    """
     mu_r, mu_d, var_r, var_d, cov = torch.split(filtered, [r, 1, r, 1, r], dim=1)
-    var_r.addcmul_(mu_r, mu_r, value=-1.0)
-    var_d.addcmul_(mu_d, mu_d, value=-1.0)
-    cov.addcmul_(mu_r, mu_d, value=-1.0)
+    var_r.addcmul_(mu_r, mu_r, value=-1.0 / weight)
+    var_d.addcmul_(mu_d, mu_d, value=-1.0 / weight)
+    cov.addcmul_(mu_r, mu_d, value=-1.0 / weight)
     return Moments(mu_r, mu_d, var_r, var_d, cov)
 
 
@@ -128,13 +137,13 @@ def windowed_sums(
     taps: Sequence[float],
     reduce: Callable[[Moments], Tensor],
     *,
-    divisor: float = 1.0,
+    weight: float = 1.0,
     centre: bool = False,
     dtype: torch.dtype = torch.float64,
 ) -> Tensor | None:
     """Sum over all 'valid' window positions of a per-pixel map of local moments.
 
-    The window is outer(taps, taps) (divided by ``divisor``). Strip by strip (see
+    The window is outer(taps, taps), of total weight ``weight``. Strip by strip (see
     :func:`row_strips`), the moment images [ref, dist, ref^2, dist^2, ref*dist] of the strip
     are written to reused buffers, filtered (on the CPU by
     :func:`~fusion_models.metrics._gemm.gemm_filter`'s banded matrix products, elsewhere by
@@ -149,7 +158,8 @@ def windowed_sums(
             float dtype. dist: (B, 1, H, W).
         taps: 1-D window taps (host floats).
         reduce: Moments -> (B, ...) sums.
-        divisor: the moments are the filtered values divided by this (e.g. 49 for 7x7 sums).
+        weight: the window's total weight W (e.g. 49 for 7x7 box sums): ``reduce`` receives W
+            times the means, variances and covariances (see :func:`split_moments_`).
         centre: subtract (approximate) global means first: variances and covariances are
             unchanged, their rounding smaller, but the means are the centred ones.
         dtype: the arithmetic: float64 (reference-exact) or float32 (~1e-6 relative, for
@@ -188,21 +198,20 @@ def windowed_sums(
             pieces = [correlate_1d(correlate_1d(x, taps, -1), taps, -2)]
         for filtered in pieces:
             filtered = filtered.to(dtype)
-            if divisor != 1.0:
-                filtered.div_(divisor)
-            moments = split_moments_(filtered, r)
+            moments = split_moments_(filtered, r, weight)
             if restore:
-                _restore_means(moments, shift, filtered.ndim)
+                _restore_means(moments, shift, filtered.ndim, weight)
             part = reduce(moments)
             total = part if total is None else total + part
     return total
 
 
-def _restore_means(m: Moments, shift: list[Tensor], ndim: int) -> None:
-    """Add the centring shifts (B, k, 1, 1) back to the means of a piece with ``ndim`` dims."""
+def _restore_means(m: Moments, shift: list[Tensor], ndim: int, weight: float = 1.0) -> None:
+    """Add the centring shifts (B, k, 1, 1) (times the window weight) back to the means of a
+    piece with ``ndim`` dims."""
     pad = (1,) * (ndim - 2)
-    m.mu_ref.add_(torch.cat(shift[:-1], dim=1).view(*m.mu_ref.shape[:2], *pad))
-    m.mu_dist.add_(shift[-1].view(*m.mu_dist.shape[:2], *pad))
+    m.mu_ref.add_(torch.cat(shift[:-1], dim=1).view(*m.mu_ref.shape[:2], *pad), alpha=weight)
+    m.mu_dist.add_(shift[-1].view(*m.mu_dist.shape[:2], *pad), alpha=weight)
 
 
 def gram(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,6 +258,33 @@ def joint_histogram256(lx: Tensor, ly: Tensor) -> Tensor:
     """Joint counts h[x, y] of two level maps: (..., N) x2, broadcastable -> (..., 256, 256)."""
     counts = _bincount_rows(lx * 256 + ly, 65536)
     return counts.view(*counts.shape[:-1], 256, 256)
+
+
+def joint_counts(dist: Tensor, refs: Sequence[Tensor]) -> Tensor:
+    """Joint level counts h[k, x, y] of each reference k (level x) with ``dist`` (level y).
+
+    Levels as :func:`grey_levels` (round half to even, clamp to 0..255). On the CPU image by
+    image, each pair's index 256 x + y formed in the images' float dtype (exact below 2^24)
+    and counted by one bincount per row into 65536 cache-sized bins.
+
+    Args:
+        dist: (B, 1, H, W) float. refs: K tensors (B, 1, H, W) float.
+
+    Returns:
+        (B, K, 256, 256) float64 counts.
+    """
+    if dist.device.type != "cpu":
+        levels = grey_levels(torch.cat([*refs, dist], dim=1))
+        return joint_histogram256(levels[:, :-1], levels[:, -1:])
+    work = dist.dtype if dist.dtype in (torch.float32, torch.float64) else torch.float32
+    counts = torch.empty(dist.shape[0], len(refs), 65536, dtype=torch.int64)
+    for i in range(dist.shape[0]):
+        y = dist[i].flatten().to(work, copy=True).clamp_(0, 255).round_()
+        for k, ref in enumerate(refs):
+            x = ref[i].flatten().to(work, copy=True).clamp_(0, 255).round_()
+            index = x.mul_(256.0).add_(y).to(torch.int32)
+            counts[i, k] = torch.bincount(index, minlength=65536)
+    return counts.view(*counts.shape[:2], 256, 256).to(torch.float64)
 
 
 def entropy(p: Tensor, dims: tuple[int, ...], base: float = 2.0, eps: float = 0.0) -> Tensor:

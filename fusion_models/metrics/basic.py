@@ -15,15 +15,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fusion_models.metrics._memo import memoised
+from fusion_models.metrics._memo import in_shared_scope, memoised
 from fusion_models.metrics._ops import (
     check_images,
     entropy,
-    gradient,
     gram,
     grey_levels,
     histogram256,
-    joint_histogram256,
+    joint_counts,
     over_chunks,
 )
 from fusion_models.metrics._spec import PRESETS, Convention, MetricSpec
@@ -46,9 +45,18 @@ def en(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
         (B,) float64 in [0, 8].
     """
     check_images(fused)
-    counts = over_chunks(lambda f: histogram256(grey_levels(f)[:, 0]), fused)
+    if in_shared_scope() and _same_kind(fused, a, b):  # F's marginal of MI's joint counts
+        counts = _joint_counts(fused, a, b)[:, 0].sum(dim=-2)
+    else:
+        counts = over_chunks(lambda f: histogram256(grey_levels(f)[:, 0]), fused)
     p = counts / (fused.shape[-2] * fused.shape[-1])
     return entropy(p, (-1,), base=2.0, eps=convention.en_eps)
+
+
+def _same_kind(fused: Tensor, a: Tensor, b: Tensor) -> bool:
+    """Whether a and b are float images of the fused image's shape and device (MI inputs)."""
+    return all(x.shape == fused.shape and x.device == fused.device and x.is_floating_point()
+               for x in (a, b))
 
 
 def sd(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Tensor:
@@ -57,7 +65,8 @@ def sd(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
     Returns:
         (B,) float64 >= 0.
     """
-    return _per_image(lambda f: f.std(dim=(1, 2, 3), correction=0), fused)
+    return memoised("sd", (fused,),  # shared with the degenerate-fusion diagnostic
+                    lambda: _per_image(lambda f: f.std(dim=(1, 2, 3), correction=0), fused))
 
 
 def sf(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Tensor:
@@ -70,16 +79,21 @@ def sf(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
         (B,) float64 >= 0.
     """
 
-    def sums(f: Tensor) -> Tensor:
-        dh = (f[..., :, 1:] - f[..., :, :-1]).square_().sum(dim=(1, 2, 3))
-        dv = (f[..., 1:, :] - f[..., :-1, :]).square_().sum(dim=(1, 2, 3))
-        return torch.stack([dh, dv], dim=1)
+    def sums(f: Tensor) -> Tensor:  # sums of squares as dot products (one pass each)
+        dh = (f[..., :, 1:] - f[..., :, :-1]).flatten(1)
+        dv = (f[..., 1:, :] - f[..., :-1, :]).flatten(1)
+        return torch.stack([_self_dot(dh), _self_dot(dv)], dim=1)
 
     dh, dv = _per_image(sums, fused).unbind(dim=1)
     h, w = fused.shape[-2:]
     if convention.sf_norm == "diff":
         return (dh / (h * (w - 1)) + dv / ((h - 1) * w)).sqrt()
     return ((dh + dv) / (h * w)).sqrt()
+
+
+def _self_dot(d: Tensor) -> Tensor:
+    """Row-wise sums of squares of a contiguous (B, N) float64 tensor -> (B,)."""
+    return torch.bmm(d[:, None, :], d[:, :, None]).view(-1)
 
 
 def ag(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Tensor:
@@ -92,17 +106,30 @@ def ag(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
     """
 
     def total(f: Tensor) -> Tensor:
-        gy, gx = gradient(f)
-        return gx.square_().add_(gy.square_()).div_(2).sqrt_().sum(dim=(1, 2, 3))
+        dy, dx = _doubled_gradient(f, -2), _doubled_gradient(f, -1)
+        # (G/2)^2 sums exactly like G^2 / 4: the values of numpy.gradient's, in fewer passes
+        return torch.addcmul(dx.square_(), dy, dy).mul_(0.125).sqrt_().sum(dim=(1, 2, 3))
 
     h, w = fused.shape[-2:]
     return _per_image(total, fused) / (h * w if convention.ag_norm == "hw" else (h - 1) * (w - 1))
 
 
+def _doubled_gradient(t: Tensor, dim: int) -> Tensor:
+    """2x ``numpy.gradient`` along ``dim`` (H, W >= 2): f[i+1] - f[i-1] inside, twice the
+    one-sided differences on the border (exact scalings: no rounding differs)."""
+    n = t.shape[dim]
+    out = torch.empty_like(t)
+    torch.sub(t.narrow(dim, 2, n - 2), t.narrow(dim, 0, n - 2), out=out.narrow(dim, 1, n - 2))
+    for edge, (hi, lo) in ((0, (1, 0)), (n - 1, (n - 1, n - 2))):
+        torch.sub(t.narrow(dim, hi, 1), t.narrow(dim, lo, 1), out=out.narrow(dim, edge, 1))
+        out.narrow(dim, edge, 1).mul_(2.0)
+    return out
+
+
 def _joint_counts(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Joint level counts h[source, x, f] of (A, F) and (B, F): (B, 2, 256, 256) float64."""
-    levels = grey_levels(torch.cat([a, b, fused], dim=1))
-    return joint_histogram256(levels[:, :2], levels[:, 2:])
+    """Joint level counts h[source, x, f] of (A, F) and (B, F): (B, 2, 256, 256) float64,
+    computed once per :func:`~fusion_models.metrics._memo.shared_work` scope (MI and EN)."""
+    return memoised("joint", (fused, a, b), lambda: joint_counts(fused, (a, b)))
 
 
 def _saturate_254(joint: Tensor) -> Tensor:
@@ -122,7 +149,7 @@ def mi(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
         (B,) float64 >= 0 (up to TANG's bias).
     """
     check_images(fused, a, b)
-    counts = memoised("joint", (fused, a, b), lambda: over_chunks(_joint_counts, fused, a, b))
+    counts = _joint_counts(fused, a, b)
     p = counts / (fused.shape[-2] * fused.shape[-1])
     h_x = entropy(p.sum(dim=-1), (-1,), base=math.e)  # (B, 2)
     h_f = entropy(p[:, 0].sum(dim=-2), (-1,), base=math.e)[:, None]
@@ -133,7 +160,12 @@ def mi(fused: Tensor, a: Tensor, b: Tensor, convention: Convention = CDD) -> Ten
 
 
 def _gram_and_sums(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    g, s = gram(torch.cat([a, b, fused], dim=1))
+    """[G | S] of [A, B, F] (see :func:`gram`): (B, 3, 4) float64; the three images are
+    converted straight into one float64 stack (no float32 concatenation first)."""
+    stack = fused.new_empty(fused.shape[0], 3, *fused.shape[2:], dtype=torch.float64)
+    for k, x in enumerate((a, b, fused)):
+        stack[:, k : k + 1].copy_(x)
+    g, s = gram(stack)
     return torch.cat([g, s[:, :, None]], dim=2)
 
 

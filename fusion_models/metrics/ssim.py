@@ -76,7 +76,7 @@ def _float32_taps() -> list[float]:
 
 
 def _taps(setting: SsimSetting) -> tuple[list[float], float]:
-    """1-D window taps and the divisor that turns the filtered sums into means."""
+    """1-D window taps and the window's total weight (the sums over that many pixels)."""
     if setting.window == "box7":
         return [1.0] * 7, 49.0  # integer sums: exact for integer images
     if setting.window == "gauss11":
@@ -86,6 +86,10 @@ def _taps(setting: SsimSetting) -> tuple[list[float], float]:
 
 def _ssim_map_sum(m: Moments, c1: float, c2: float, norm: float) -> Tensor:
     """Sum of the SSIM map over a strip's pixels -> (B, R); overwrites the moments.
+
+    The map is unchanged when the moments are W times the means, variances and covariances
+    (window sums, see :func:`~fusion_models.metrics._stats.split_moments_`) and the constants
+    are c1 = C1 W^2, c2 = C2 W.
 
     Few passes over the (B, R, ...) maps: the fused image's terms are formed once on its one
     channel and broadcast (mu_F^2 + C1, norm var_F + C2).
@@ -114,7 +118,7 @@ def ssim_index(
         (B, R) float64, at most 1 per reference. Images smaller than the window raise.
     """
     setting = VARIANTS[variant]
-    taps, divisor = _taps(setting)
+    taps, weight = _taps(setting)
     n = len(taps)
     if setting.border == "valid" and min(dist.shape[-2:]) < n:
         raise ValueError(f"SSIM '{variant}' needs images of at least {n}x{n}")
@@ -127,8 +131,10 @@ def ssim_index(
     windows = (dist.shape[-2] - n + 1) * (dist.shape[-1] - n + 1)
 
     def chunk(d: Tensor, *x: Tensor) -> Tensor:
-        sums = windowed_sums(x, d, taps, lambda m: _ssim_map_sum(m, c1, c2, norm),
-                             divisor=divisor, dtype=dtype)
+        # the moments are window sums (weight times the means): constants scaled to match
+        sums = windowed_sums(x, d, taps,
+                             lambda m: _ssim_map_sum(m, c1 * weight**2, c2 * weight, norm),
+                             weight=weight, dtype=dtype)
         return sums / windows
 
     return over_chunks(chunk, dist, *refs)

@@ -22,6 +22,7 @@ metrics.md §3):
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 SIGMA_N_SQ = 2.0
 EPS = 1e-10
+_BELOW_EPS = math.nextafter(EPS, 0.0)  # threshold keeps x > this, i.e. x >= EPS
 
 
 def _window(scale: int) -> list[float]:
@@ -56,15 +58,22 @@ def _scale_terms(m: Moments) -> Tensor:
     The reference's clean-ups (s1 < eps: g = 0 and s1 = 0; s2 < eps: g = 0; g < 0: g = 0;
     sv >= eps) leave a numerator term only where s1, s2 >= eps and s12 > 0, and a
     denominator term only where s1 >= eps; negative variances fail those tests as the
-    reference's clamping to 0 does.
+    reference's clamping to 0 does. Here, in few passes over the (B, 2, ...) maps and no
+    masks: s12 is clamped to [0, hi] with hi = 0 where s2 < eps (one 1-channel map), so g = 0
+    wherever the reference zeroes it because of s2 or s12, and s1 < eps is zeroed, so
+    g^2 s1 = 0 there (g = s12 / eps stays finite) and the denominator term is log(1) = 0.
     """
     s1, s2, s12 = m.var_ref, m.var_dist, m.cov
-    ok1 = s1 >= EPS
-    keep = (s12 > 0).logical_and_(ok1).logical_and_(s2 >= EPS)
+    zero, one = s2.new_zeros(()), s2.new_ones(())
+    hi = torch.where(s2 >= EPS, s2.new_tensor(math.inf), zero)  # (B, 1, ...): one channel
+    s12 = torch.clamp(s12, min=zero, max=hi, out=s12)
+    s1 = torch.threshold(s1, _BELOW_EPS, 0.0, out=s1)  # s1 < eps -> 0
     g = torch.div(s12, torch.add(s1, EPS, out=m.mu_ref), out=m.mu_ref)
-    sv = torch.addcmul(s2, g, s12, value=-1.0, out=s12).clamp_min_(EPS).add_(SIGMA_N_SQ)
-    num = g.square_().mul_(s1).div_(sv).log1p_().mul_(keep)
-    den = s1.mul_(ok1).mul_(1.0 / SIGMA_N_SQ).log1p_()
+    s2p = s2.add_(SIGMA_N_SQ)  # sv + sigma_n^2 = max(s2 - g s12, eps) + sigma_n^2
+    sv = torch.addcmul(s2p, g, s12, value=-1.0, out=s12).clamp_min_(EPS + SIGMA_N_SQ)
+    # log(1 + x) rather than log1p(x): ~2.5x faster on CPUs, absolute error ~1e-16 per term
+    num = torch.addcdiv(one, g.square_().mul_(s1), sv, out=g).log_()
+    den = s1.mul_(1.0 / SIGMA_N_SQ).add_(1.0).log_()
     return torch.stack([pixel_sum(num), pixel_sum(den)], dim=-1)
 
 
