@@ -2,6 +2,8 @@
 
 ``build(name, params)`` validates ``params`` against the model's pydantic Config
 (``extra="forbid"``): an unknown key raises ``KeyError`` listing the valid keys.
+``load_checkpoint(path)`` first checks the file against its ``<path>.sha256`` sidecar (written
+with every checkpoint the orchestrator saves) when there is one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
+from fusion_models.data.store_files import digest_file
 from fusion_models.models.attentionfgan import AttentionFGAN
 from fusion_models.models.base import FusionModel
 from fusion_models.models.cnncp import CNNCP
@@ -71,8 +74,42 @@ def build(name: str, params: dict | None = None) -> FusionModel:
     return cls(config)
 
 
+def sidecar_path(path: str | Path) -> Path:
+    """``<path>.sha256``: the digest file written beside each checkpoint."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def verify_checkpoint_file(path: str | Path) -> str | None:
+    """Check a checkpoint file against its ``.sha256`` sidecar; returns the verified digest,
+    or None when there is no sidecar (a file from elsewhere loads unverified).
+
+    Raises:
+        ValueError: naming the file: its sha256 differs from the sidecar's (changed on disk,
+            bytes flipped or cut short), or the sidecar is unreadable.
+    """
+    side = sidecar_path(path)
+    try:
+        expected = side.read_text(encoding="utf-8").split()[0]
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        raise ValueError(f"{path}: cannot read its sha256 file {side.name} ({exc!r})") from None
+    try:
+        actual = digest_file(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the checkpoint ({exc})") from None
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 mismatch: file has {actual}, {side.name} says "
+                         f"{expected} (the checkpoint changed or was damaged on disk)")
+    return actual
+
+
 def _read_checkpoint(source: str | Path, map_location: str | torch.device) -> object:
-    """``torch.load(weights_only=True)``; any failure is a ValueError naming the file."""
+    """``torch.load(weights_only=True)`` after :func:`verify_checkpoint_file` (a path); any
+    failure is a ValueError naming the file."""
+    if isinstance(source, str | Path):
+        verify_checkpoint_file(source)
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError,
@@ -90,7 +127,8 @@ def load_checkpoint(source: str | Path | dict, map_location: str | torch.device 
         ``(model, checkpoint_dict)``; the model is on ``map_location`` in eval mode.
 
     Raises:
-        ValueError: naming ``source``: not a loadable file, not a dict with ``model``,
+        ValueError: naming ``source``: a file that differs from its ``.sha256`` sidecar (see
+            :func:`verify_checkpoint_file`), not a loadable file, not a dict with ``model``,
             ``params``, ``state_dict`` and ``epoch``, an unknown model, parameters its Config
             refuses, or weights that do not fit the model.
     """

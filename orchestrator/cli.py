@@ -131,6 +131,7 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
     """Search a model's hyperparameters (Ray Tune + Optuna + ASHA), every trial in MLflow."""
     from orchestrator.common import cache_dir as default_cache
     from orchestrator.search import SweepError, run_reseed_command, run_sweep_command
+    from orchestrator.search.spool import RecordsUndelivered, SweepBusy
 
     cache = cache_dir or str(default_cache())
     try:
@@ -145,8 +146,10 @@ def sweep_command(spec: str, num_samples: int | None, overrides: tuple[str, ...]
             raise ValueError("--with-default goes with --reseed-best")
         run_sweep_command(spec, overrides, smoke, num_samples, address, resume, name,
                           tracking_uri, cache, quiet)
-    except (ValueError, SweepError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (ValueError, SweepError, RecordsUndelivered, SweepBusy) as exc:
+        err = click.ClickException(str(exc))
+        err.exit_code = getattr(exc, "exit_code", 1)  # 130 after SIGINT (a resumable sweep)
+        raise err from exc
 
 
 @main.command("report")

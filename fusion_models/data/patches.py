@@ -11,8 +11,11 @@ loop, columns the inner. The label is the centred ``label x label`` crop of the 
 ``luma_b``, :mod:`fusion_models.data.colour`) at the same windows and keeps them as ``.npy``
 memmaps under ``cache_dir/<key>/`` with a ``manifest.json``. The key hashes the spec, the colour
 rule, the task and the sha256 of every source, so trials with the same patch settings reuse one
-entry, and a changed file or spec makes a new one. Entries are built in a temporary folder and
-renamed into place, so a half-written entry is never loaded.
+entry, and a changed file or spec makes a new one. Entries are built in a temporary folder
+(each file fsynced) and renamed into place, so a half-written entry is never loaded; a full
+disk is one :class:`DiskFullError` naming the file. The manifest records each array file's
+size and sha256; an entry whose files differ from it (bytes flipped, truncated) or whose
+manifest is unreadable is rebuilt, with a warning naming the file, instead of being trained on.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from torch.utils.data import Dataset
 from .colour import default_rule, plan_colour
 from .io import DataError, to_tensor255
 from .pairs import PairSet, load_pair
+from .store_files import DiskFullError, digest_file, discard, entry_problem, npy_chunks, write_file
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the manifest's "files" holds each array file's size and sha256
+_ARRAYS = ("a_inputs.npy", "b_inputs.npy")
 Scale = Literal["pm1", "unit", "raw"]
 _SCALES = {
     "pm1": lambda x: (x - 127.5) / 127.5,  # Ma-group TF repos: [-1, 1]
@@ -146,11 +151,7 @@ def extract_patches(img: np.ndarray, spec: PatchSpec) -> tuple[np.ndarray, np.nd
 
 def sha256_file(path: Path) -> str:
     """sha256 hex digest of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return digest_file(path)
 
 
 #: Digests of source files this process has read, by (path, size, mtime_ns, inode): a process
@@ -231,10 +232,10 @@ def _quantise(luma: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return luma.astype(np.float32)
 
 
-def _write_entry(
-    tmp: Path, sources: _Sources, spec: PatchSpec, rule: str, task: str | None
-) -> dict:
-    """Extract every pair into ``tmp``; returns the manifest (also written there)."""
+def _write_entry(tmp: Path, entry: Path, sources: _Sources, spec: PatchSpec, rule: str,
+                 task: str | None) -> dict:
+    """Extract every pair into ``tmp`` (to become ``entry``); returns the manifest's counts,
+    dtype and ``files`` (each array file's size and sha256)."""
     pairs = [sources.load(i) for i in range(len(sources.names))]
     dtype = np.dtype(np.uint8 if all(x.dtype == np.uint8 for p in pairs for x in p) else np.float32)
     lumas = [tuple(_quantise(x, dtype) for x in _lumas(a, b, rule, task)) for a, b in pairs]
@@ -242,26 +243,13 @@ def _write_entry(
     total = sum(counts)
     if total == 0:
         raise DataError(f"no {spec.patch}x{spec.patch} windows fit in any source image ({spec})")
-    for side in (0, 1):
-        out = np.lib.format.open_memmap(
-            tmp / f"{'ab'[side]}_inputs.npy",
-            mode="w+",
-            dtype=dtype,
-            shape=(total, spec.patch, spec.patch),
-        )
-        pos = 0
-        for luma_pair in lumas:
-            inputs, _ = extract_patches(luma_pair[side], spec)
-            out[pos : pos + len(inputs)] = inputs
-            pos += len(inputs)
-        out.flush()
-        del out
-    return {
-        "count": total,
-        "counts": dict(zip(sources.names, counts, strict=True)),
-        "dtype": dtype.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    files = {}
+    for side, name in enumerate(_ARRAYS):
+        blocks = (extract_patches(luma_pair[side], spec)[0] for luma_pair in lumas)
+        chunks = npy_chunks(dtype, (total, spec.patch, spec.patch), blocks)
+        files[name] = write_file(tmp / name, chunks, entry / name)
+    return {"count": total, "counts": dict(zip(sources.names, counts, strict=True)),
+            "dtype": dtype.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
 
 
 class PatchStore:
@@ -337,21 +325,31 @@ class PatchStore:
             "sources": [[r["name"], r["sha256_a"], r["sha256_b"]] for r in sources.records],
         }
         key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
-        cache_dir = Path(cache_dir)
-        entry = cache_dir / key
-        if (entry / "manifest.json").is_file():
-            logger.info("patch store hit: %s", entry)
-            return cls(entry)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir))
+        entry = Path(cache_dir) / key
+        if entry.exists():
+            problem = entry_problem(entry, STORE_VERSION, _ARRAYS)
+            if problem is None:
+                logger.info("patch store hit: %s", entry)
+                return cls(entry)
+            logger.warning("patch store %s is damaged, rebuilding it: %s", entry, problem)
+            discard(entry)
+        return cls._build(entry, keyed, sources, spec, rule, task)
+
+    @classmethod
+    def _build(cls, entry: Path, keyed: dict, sources: _Sources, spec: PatchSpec, rule: str,
+               task: str | None) -> PatchStore:
+        """Extract the entry in a temporary folder, then rename it into place."""
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
         try:
-            manifest = {**keyed, "key": key, "sources": sources.records}
-            manifest.update(_write_entry(tmp, sources, spec, rule, task))
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            manifest = {**keyed, "key": entry.name, "sources": sources.records}
+            manifest.update(_write_entry(tmp, entry, sources, spec, rule, task))
+            write_file(tmp / "manifest.json", [json.dumps(manifest, indent=1).encode()],
+                        entry / "manifest.json")
             os.rename(tmp, entry)
-        except OSError:
-            if not (entry / "manifest.json").is_file():  # not a lost race with a twin build
-                raise
+        except OSError as exc:
+            if isinstance(exc, DiskFullError) or not (entry / "manifest.json").is_file():
+                raise  # (not a lost race with a twin build)
             logger.info("patch store %s was built concurrently; using that one", entry)
             return cls(entry)
         finally:

@@ -16,6 +16,7 @@ from orchestrator.common.config import (
     load_spec_and_extras,
     read_yaml,
 )
+from orchestrator.common.failpoints import failpoint
 from orchestrator.common.model_refs import (
     BEST,
     REF_FORMS,
@@ -43,8 +44,8 @@ from orchestrator.common.yaml_io import load_yaml
 __all__ = [
     "BEST", "DEFAULT_ARTIFACTS", "GENERATED", "INIT_FORMS", "INIT_KEY", "MlflowRun", "REF_FORMS",
     "RunSpec", "atomic_open", "atomic_write", "cache_dir", "check_init", "child_runs",
-    "ensure_experiment", "flatten", "generated_split", "load_spec", "load_spec_and_extras",
-    "load_yaml", "mlflow_client", "open_child", "pretrained_dir", "read_yaml",
-    "resolve_checkpoint", "resolve_pretrained", "resolve_tracking_uri", "runs_url", "sha256_file",
-    "sweep_runs", "ui_base",
+    "ensure_experiment", "failpoint", "flatten", "generated_split", "load_spec",
+    "load_spec_and_extras", "load_yaml", "mlflow_client", "open_child", "pretrained_dir",
+    "read_yaml", "resolve_checkpoint", "resolve_pretrained", "resolve_tracking_uri", "runs_url",
+    "sha256_file", "sweep_runs", "ui_base",
 ]

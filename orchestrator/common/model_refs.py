@@ -5,8 +5,10 @@ MLflow registry; :mod:`orchestrator.deploy.promote` registers them), ``runs:/RUN
 (a run's artifact, ``checkpoints/best.pt`` by default) or ``pretrained:NAME`` (an authors'
 release imported by ``orchestrator import-weights``). Downloaded and imported files are
 checked by sha256 against the digest recorded when they were made, and refused (the file
-named) when they differ. Used by every command that loads a model: train's ``init``, eval,
-fuse, compare, report and the sweep's final evaluation.
+named) when they differ; so is a local checkpoint file that has a ``<file>.sha256`` sidecar
+(every checkpoint the orchestrator writes has one; a file without one is used as it is).
+Used by every command that loads a model: train's ``init``, eval, fuse, compare, report and the
+sweep's final evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_models.pretrained.released import CATALOGUE
+from fusion_models.registry import verify_checkpoint_file
 from orchestrator.common.tracking import mlflow_client, sha256_file
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ def resolve_pretrained(ref: str) -> Path:
             f"<release folder, e.g. ../shared/weights> --all` (or set FUSION_PRETRAINED_DIR "
             "to the folder holding the imported files)")
     side = path.with_name(path.name + ".sha256")
-    expected = side.read_text().split()[0] if side.is_file() else None
+    expected = (side.read_text().split() or [None])[0] if side.is_file() else None
     actual = sha256_file(path)
     if expected != actual:
         raise ValueError(f"{ref}: sha256 mismatch for {path}: file has {actual}, "
@@ -120,7 +123,8 @@ def resolve_checkpoint(ref: str, tracking_uri: str, dst: Path | None = None) -> 
     ``models:/`` and ``runs:/`` refs are downloaded into ``dst`` (default ``./.fusion_models``)
     and checked against the model version's ``sha256`` tag or the run's ``best_sha256`` tag;
     ``pretrained:NAME`` is an imported released checkpoint (``orchestrator import-weights``),
-    checked against its ``.sha256`` file.
+    checked against its ``.sha256`` file; a plain path is checked against its ``.sha256``
+    sidecar when it has one.
 
     Raises:
         ValueError: a missing local file, an unknown model/run/alias, or a digest mismatch.
@@ -131,6 +135,8 @@ def resolve_checkpoint(ref: str, tracking_uri: str, dst: Path | None = None) -> 
         path = Path(ref)
         if not path.is_file():
             raise ValueError(f"checkpoint {ref!r} not found (give {REF_FORMS})")
+        if verify_checkpoint_file(path):
+            log.info("%s: sha256 verified against its sidecar", path)
         return path
     from mlflow.exceptions import MlflowException
 

@@ -43,10 +43,36 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
-def mlflow_client(uri: str):
-    """An MlflowClient on ``uri`` for tracking and the model registry alike."""
+#: sqlite stores this process has seen created or migrated (see :func:`_ready_sqlite`).
+_READY: set[str] = set()
+
+
+def _ready_sqlite(uri: str) -> None:
+    """Create or migrate a sqlite store once per process, under an exclusive lock on
+    ``<db>.lock``: processes opening a new store at once (two sweeps) otherwise race on the
+    schema migrations ("table ... already exists", "duplicate column") and can leave
+    ``_alembic_tmp_*`` tables behind that break the next MLflow upgrade."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:") \
+            or uri in _READY:
+        return
+    import fcntl
+
     from mlflow.tracking import MlflowClient
 
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _READY.add(uri)
+
+
+def mlflow_client(uri: str):
+    """An MlflowClient on ``uri`` for tracking and the model registry alike (a sqlite store
+    created or migrated first, one process at a time)."""
+    from mlflow.tracking import MlflowClient
+
+    _ready_sqlite(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -62,8 +88,13 @@ def ensure_experiment(name: str, uri: str) -> str:
     location = None
     if uri.startswith("sqlite:"):
         location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location,
-                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    try:
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    except Exception as exc:  # another process (a second sweep) created it first
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def ui_base(uri: str) -> str:
@@ -120,6 +151,7 @@ class MlflowRun:
         self.artifact_uri = run.info.artifact_uri
         self._best_epoch: int | None = None
         self.opened_tags = all_tags
+        self.opened_params = dict(params)
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100],
@@ -134,6 +166,7 @@ class MlflowRun:
         run = obj.client.get_run(run_id)
         obj.artifact_uri = run.info.artifact_uri
         obj.opened_tags = dict(run.data.tags)
+        obj.opened_params = dict(run.data.params)
         epoch = run.data.tags.get("best_epoch")
         obj._best_epoch = int(epoch) if epoch else None
         obj.client.update_run(run_id, status="RUNNING")
@@ -144,10 +177,12 @@ class MlflowRun:
         return self._best_epoch
 
     def __call__(self, metrics: dict[str, float], info: dict) -> None:
-        """The training loop's ``report``: one batched call per epoch (+ the sample grid)."""
+        """The training loop's ``report``: one batched call per epoch (+ the sample grid).
+        ``info["timestamp_ms"]``, when given, stamps the metrics (a re-sent epoch then writes
+        the very same rows, which MLflow keeps once)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(info.get("timestamp_ms") or time.time() * 1000)
         epoch = int(info.get("epoch", metrics.get("epoch", 0)))
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
         for step, terms in info.get("step_terms") or []:
@@ -218,8 +253,9 @@ def open_child(uri: str, experiment: str, parent_run_id: str, trial_id: str, run
                experiment_id: str | None = None) -> MlflowRun:
     """A trial's child run: the existing one tagged with ``trial_id`` (a resumed trial,
     perhaps on another node: its ``node_id`` tag is updated and the old one kept as
-    ``resumed_from_node``), else a new one with ``params`` and ``tags``."""
-    from mlflow.entities import RunTag
+    ``resumed_from_node``; an opening retried after MLflow failed half-way: the params it
+    lacks are logged), else a new one with ``params`` and ``tags``."""
+    from mlflow.entities import Param, RunTag
 
     client = client or mlflow_client(uri)
     exp_id = experiment_id or ensure_experiment(experiment, uri)
@@ -228,6 +264,9 @@ def open_child(uri: str, experiment: str, parent_run_id: str, trial_id: str, run
         return MlflowRun(uri, experiment, run_name, params, {"trial_id": trial_id, **tags},
                          parent_run_id=parent_run_id, client=client, experiment_id=exp_id)
     run = MlflowRun.reattach(uri, existing, client)
+    missing = [Param(k, v) for k, v in params.items() if k not in run.opened_params]
+    for i in range(0, len(missing), 100):  # an opening cut short after create_run
+        client.log_batch(existing, params=missing[i : i + 100])
     previous = run.opened_tags.get("node_id", "")
     client.log_batch(existing, tags=[RunTag("node_id", tags.get("node_id", "")),
                                      RunTag("resumed_from_node", previous)])

@@ -16,18 +16,15 @@ file against it.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from fusion_models.pretrained.released import CATALOGUE
 from fusion_models.pretrained.tf_import import import_bundle
-from orchestrator.common import atomic_write, pretrained_dir
+from orchestrator.common import pretrained_dir
+from orchestrator.common.atomic import save_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +41,15 @@ class Imported:
 
 
 def save_checkpoint(ckpt: dict, out: str | Path) -> tuple[Path, str]:
-    """Write ``ckpt`` atomically with a ``.sha256`` file beside it; (path, digest)."""
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    data = buf.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
+    """Write ``ckpt`` atomically with a ``.sha256`` file beside it; (path, digest).
+
+    Raises:
+        DiskFullError: (a ValueError) the disk filled up; the file named, the previous file
+            and its ``.sha256`` as they were.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, data)
-    atomic_write(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n")
-    return out, digest
+    return out, save_checkpoint_file(ckpt, out)
 
 
 def import_one(src: str | Path, release: str | None, model: str | None,

@@ -94,20 +94,52 @@ def echo_outcome(outcome, spec) -> None:
     click.echo(f"  orchestrator fuse models:/fusion-{model}@champion --data SET --out fused/")
 
 
+def resume_command(spec_path: str, overrides: tuple[str, ...], smoke: bool,
+                   num_samples: int | None, address: str | None, name: str,
+                   tracking_uri: str | None, cache_dir: str, quiet: bool) -> str:
+    """The ``orchestrator sweep ... --resume --name NAME`` line that continues a sweep run
+    with these options."""
+    import shlex
+
+    args = ["orchestrator", "sweep", spec_path]
+    for item in overrides:
+        args += ["--set", item]
+    args += ["--smoke"] if smoke else []
+    args += ["--num-samples", str(num_samples)] if num_samples is not None else []
+    args += ["--address", address] if address else []
+    args += ["--tracking-uri", tracking_uri] if tracking_uri else []
+    args += ["--cache-dir", cache_dir, *(["--quiet"] if quiet else []), "--resume", "--name", name]
+    return shlex.join(args)
+
+
 def run_sweep_command(spec_path: str, overrides: tuple[str, ...], smoke: bool,
                       num_samples: int | None, address: str | None, resume: bool,
                       name: str | None, tracking_uri: str | None, cache_dir: str, quiet: bool):
-    """Load, sweep, summarise; returns the :class:`~orchestrator.search.sweep.SweepOutcome`."""
+    """Load, sweep, summarise; returns the :class:`~orchestrator.search.sweep.SweepOutcome`.
+
+    Raises:
+        SweepInterrupted: on SIGINT, its message the one line that resumes the sweep.
+    """
     from orchestrator.search.final_eval import final_eval
     from orchestrator.search.space import load_sweep
-    from orchestrator.search.sweep import run_sweep
+    from orchestrator.search.sweep import SweepInterrupted, run_sweep
 
     spec = load_sweep(spec_path, overrides, smoke=smoke, num_samples=num_samples)
-    outcome = run_sweep(spec, address=address, resume=resume, name=name,
-                        tracking_uri=tracking_uri, cache_dir=cache_dir,
-                        verbose=0 if quiet else 1)
-    outcome.best_fused_dir = fuse_best(outcome, spec, cache_dir)
-    outcome.final_eval = final_eval(spec, outcome, cache_dir, address)
+    outcome = None
+    try:
+        outcome = run_sweep(spec, address=address, resume=resume, name=name,
+                            tracking_uri=tracking_uri, cache_dir=cache_dir,
+                            verbose=0 if quiet else 1)
+        outcome.best_fused_dir = fuse_best(outcome, spec, cache_dir)
+        outcome.final_eval = final_eval(spec, outcome, cache_dir, address)
+    except (KeyboardInterrupt, SweepInterrupted) as exc:
+        stopped = getattr(exc, "name", None) or (outcome.name if outcome else name)
+        if not stopped:  # interrupted before the sweep had a name: nothing to resume
+            raise
+        line = resume_command(spec_path, overrides, smoke, num_samples, address, stopped,
+                              tracking_uri, cache_dir, quiet)
+        raise SweepInterrupted(stopped, f"sweep {stopped} interrupted; Tune saved its state. "
+                               f"Resume with: {line}") from None
     echo_outcome(outcome, spec)
     return outcome
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.common import GENERATED
+from orchestrator.common.failpoints import failpoint
 from orchestrator.search.record import log_table, ranked
 from orchestrator.search.space import SweepSpec, evaluation_sets
 
@@ -87,6 +88,7 @@ def final_eval(spec: SweepSpec, outcome: Any, cache_dir: str, address: str | Non
             mean = evaluate_ray(items, settings, address=address).mean()
             finite = {f"{split}/{label}/{m}": v for m, v in mean.items() if math.isfinite(v)}
             client.log_batch(trial["run_id"], metrics=_metrics(finite))
+            failpoint("final_eval")
             rows.append({"trial_id": trial["trial_id"], "run_id": trial["run_id"],
                          "split": split, "set": label, "pairs": len(items), **mean})
     log_table(client, outcome.parent_run_id, rows, list(dict.fromkeys(k for r in rows for k in r)),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from orchestrator.common import atomic_write, child_runs, ensure_experiment, mlflow_client
+from orchestrator.common.failpoints import failpoint
 
 if TYPE_CHECKING:
     from orchestrator.search.space import SweepSpec
@@ -97,6 +98,29 @@ def open_parent_run(uri: str, plan: dict[str, Any]) -> str:
 def open_parent(spec: SweepSpec, name: str, uri: str, resume: bool) -> str:
     """Create the parent run (or reopen it on ``--resume``); return its id."""
     return open_parent_run(uri, parent_plan(spec, name, resume))
+
+
+def finish_store_migration(uri: str) -> None:
+    """Finish the schema migration of a sqlite MLflow store that a killed sweep cut short
+    while it created the store (MLflow refuses to open it: "out-of-date database schema")."""
+    if not uri.startswith("sqlite:///") or not Path(uri.removeprefix("sqlite:///")).is_file():
+        return
+    import sqlalchemy
+    from mlflow.store.db.utils import (
+        _get_latest_schema_revision,
+        _get_schema_version,
+        _upgrade_db,
+    )
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        found = _get_schema_version(engine)
+        if found != _get_latest_schema_revision():
+            log.warning("MLflow store %s: schema %s, its creation was cut short; migrating",
+                        uri, found)
+            _upgrade_db(engine)
+    finally:
+        engine.dispose()
 
 
 def close_parent(uri: str, run_id: str, status: str, note: str = "") -> None:
@@ -229,6 +253,7 @@ def write_summary(uri: str, parent: str, rows: list[dict[str, Any]], sens: dict[
     """Close the child runs, log the importances, trial table (also written to ``table``),
     summary and best trial on the parent run, and close it."""
     _close_children(uri, rows)
+    failpoint("summary")
     client = mlflow_client(uri)
     log_importances(client, parent, sens)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("param."), k))

@@ -13,20 +13,43 @@ behind ``max_concurrent``, ASHA on the reported ``epoch``. Each trial is
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.common.failpoints import arm_step_hook, armed_env, failpoint
 from orchestrator.evaluation import ensure_ray
 from orchestrator.search.space import SpaceSampler, SweepSpec
-from orchestrator.search.trial import TrialContext, train_driver, tune_trial
+from orchestrator.search.trial import TrialContext, split_config, train_driver, tune_trial
 
 log = logging.getLogger(__name__)
 
 
 class SweepError(RuntimeError):
     """A sweep that cannot start (resources, resume target)."""
+
+    exit_code = 1
+
+
+class SweepInterrupted(SweepError):
+    """SIGINT (Ctrl-C) stopped the sweep: Tune saved its state, the open runs are closed
+    KILLED; ``--resume --name <name>`` continues it."""
+
+    exit_code = 130
+
+    def __init__(self, name: str, message: str = "") -> None:
+        super().__init__(message or f"sweep {name} interrupted; resume it with --resume "
+                         f"--name {name}")
+        self.name = name
+
+
+#: Set by :func:`sweep_callback`'s SIGINT hook while ``Tuner.fit`` runs (Tune's own handler
+#: then stops the trials and saves the experiment state, and ``fit`` returns normally).
+_INTERRUPTED = threading.Event()
 
 
 @dataclass
@@ -75,6 +98,11 @@ def connect(spec: SweepSpec, address: str | None) -> None:
     placed (:class:`SweepError` otherwise)."""
     import ray
 
+    env = armed_env()
+    if env and not ray.is_initialized():  # failpoint tests: every process of the job is armed
+        if not address:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
     ensure_ray(address)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     check_resources(spec, ray.cluster_resources(), nodes)
@@ -142,15 +170,88 @@ def trainable(spec: SweepSpec, ctx: TrialContext):
 
     r = spec.resources
     if r.workers == 0:
-        fn = partial(tune_trial, ctx=ctx)
+        fn = partial(_loop_trial, ctx=ctx, epochs=spec.epochs)
         res = {"cpu": r.cpu_per_worker, "gpu": r.gpu_per_worker}
     else:
         fn = partial(train_driver, ctx=ctx)
         res = {"cpu": r.driver_cpu}
         if r.driver_resource:  # pin the trial driver (and its Train controller) to the head
             res[r.driver_resource] = 1
+    if armed_env():  # fault-injection tests only; unarmed sweeps run the trial as it is
+        fn = partial(_failpoint_trial, inner=fn)
     fn.__name__ = f"{spec.run.model}_trial"
     return tune.with_resources(fn, res)
+
+
+def _loop_trial(config: dict[str, Any], ctx: TrialContext, epochs: int) -> None:
+    """A ``workers: 0`` trial (:func:`~orchestrator.search.trial.tune_trial`), except one whose
+    every epoch was done before the driver died and Tune saved none of it: the loop would run
+    no epoch and report nothing (Tune then fails the sweep on a result without its metric),
+    so the last epoch's metrics, kept in the trial's own ``last.pt``, are reported again."""
+    from ray import tune
+
+    metrics = None
+    if tune.get_checkpoint() is None:
+        params = split_config(config)[0]
+        metrics = _completed(Path(tune.get_context().get_trial_dir()) / "run" / "rank0"
+                             / "last.pt", int(params.get("epochs", epochs)))
+    if metrics is None:
+        tune_trial(config, ctx)
+        return
+    from orchestrator.search.trial import TrialReporter
+
+    log.info("trial %s: every epoch done before the restart", tune.get_context().get_trial_id())
+    TrialReporter(ctx, None, tune.report, tune.Checkpoint)(metrics, {"epoch": metrics["epoch"]})
+
+
+def _completed(last: Path, epochs: int) -> dict[str, float] | None:
+    """The metrics of ``last`` when it holds the final epoch (of ``epochs``), else None."""
+    if epochs <= 0 or not last.is_file():
+        return None
+    import torch
+
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    if int(ckpt.get("epoch", 0)) < epochs:
+        return None
+    return {k: float(v) for k, v in ckpt.get("metrics", {}).items()}
+
+
+def _failpoint_trial(config: dict[str, Any], inner: Any) -> None:
+    """A trial with the ``trial_start`` and ``mid_epoch`` failpoints in its process."""
+    failpoint("trial_start")
+    arm_step_hook()
+    inner(config)
+
+
+def sweep_callback() -> Any:
+    """The sweep's Tune callback: notes a SIGINT (Tune's own handler still stops the trials
+    and saves the experiment state) and holds the driver's failpoints. Stateless; pickled
+    (in Tune's experiment state) as a call of this function."""
+    from ray import tune
+
+    class SweepCallback(tune.Callback):
+        def setup(self, **info: Any) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                return
+            tune_handler = signal.getsignal(signal.SIGINT)
+
+            def on_sigint(sig: int, frame: Any) -> None:
+                _INTERRUPTED.set()
+                if callable(tune_handler):
+                    tune_handler(sig, frame)
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+        def on_trial_result(self, **info: Any) -> None:
+            failpoint("trial_result")
+
+        def on_trial_complete(self, **info: Any) -> None:
+            failpoint("trial_complete")
+
+        def __reduce__(self) -> tuple:
+            return sweep_callback, ()
+
+    return SweepCallback()
 
 
 def reuses_actors(spec: SweepSpec) -> bool:
@@ -180,6 +281,7 @@ def run_config(spec: SweepSpec, name: str, storage: str, verbose: int):
     from ray import tune
 
     return tune.RunConfig(name=name, storage_path=storage, verbose=verbose,
+                          callbacks=[sweep_callback()],
                           failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures))
 
 
@@ -208,9 +310,11 @@ def _preload_summary_imports() -> None:
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
               name: str | None = None, tracking_uri: str | None = None,
               cache_dir: str = ".fusion_cache", verbose: int = 1) -> SweepOutcome:
-    """Run (or resume) a sweep; return its trials, best trial and Pareto front."""
-    import threading
+    """Run (or resume) a sweep; return its trials, best trial and Pareto front.
 
+    Raises:
+        SweepInterrupted: SIGINT stopped it (the state is saved; ``--resume`` continues).
+    """
     from orchestrator.common import resolve_tracking_uri
     from orchestrator.search import record
     from orchestrator.search.recorder import ask, recording
@@ -218,24 +322,71 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     storage, local_root = storage_paths(spec.storage)
     if resume:
         name = find_sweep(storage, local_root, spec.run.model, name)
-    name = name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"{spec.run.model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     uri = resolve_tracking_uri(tracking_uri or spec.tracking)
     connect(spec, address)
+    if resume:
+        record.finish_store_migration(uri)
     plan = record.parent_plan(spec, name, resume)
+    _INTERRUPTED.clear()
     with recording(uri, f"fusion/{spec.run.model}", plan) as recorder:
         ctx = trial_context(spec, name, uri, "", cache_dir, storage, recorder)
         try:
-            tuner = _tuner(spec, ctx, name, storage, local_root, resume, verbose)
-            threading.Thread(target=_preload_summary_imports, daemon=True).start()
-            grid = tuner.fit()
+            grid = _fit(spec, ctx, name, storage, local_root, resume, verbose)
+            failpoint("summary_start")
+            outcome = SweepOutcome(name, local_root / name, ask(recorder, "parent_run_id"), uri)
+            outcome.path.mkdir(parents=True, exist_ok=True)
+            summary = record.summarise(spec, grid, outcome, ask(recorder, "child_ids"))
+            ask(recorder, "write_summary", summary)
+        except KeyboardInterrupt:
+            _close_interrupted(recorder, uri, name)
+            raise SweepInterrupted(name) from None
         except BaseException as exc:
             _close_failed(recorder, exc)
             raise
-        outcome = SweepOutcome(name, local_root / name, ask(recorder, "parent_run_id"), uri)
-        outcome.path.mkdir(parents=True, exist_ok=True)
-        summary = record.summarise(spec, grid, outcome, ask(recorder, "child_ids"))
-        ask(recorder, "write_summary", summary)
     return outcome
+
+
+class _NoTuneRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" advice: a sweep is resumed
+    with ``orchestrator sweep --resume`` (:class:`SweepInterrupted` says how)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def _fit(spec: SweepSpec, ctx: TrialContext, name: str, storage: str, local_root: Path,
+         resume: bool, verbose: int) -> Any:
+    """``Tuner.fit`` of the sweep; KeyboardInterrupt when a SIGINT stopped it."""
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _NoTuneRestoreHint()
+    tune_log.addFilter(hint)
+    try:
+        tuner = _tuner(spec, ctx, name, storage, local_root, resume, verbose)
+        threading.Thread(target=_preload_summary_imports, daemon=True).start()
+        grid = tuner.fit()
+    finally:
+        tune_log.removeFilter(hint)
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+    return grid
+
+
+def _close_interrupted(recorder: Any, uri: str, name: str) -> None:
+    """Close the child runs still RUNNING and the parent run KILLED: Tune saved their trials
+    as unfinished, and ``--resume`` reopens the same runs (logged, not raised, on failure)."""
+    from orchestrator.common import child_runs
+    from orchestrator.search.recorder import ask
+
+    note = f"interrupted (SIGINT); resume with --resume --name {name}"
+    try:
+        parent = ask(recorder, "parent_run_id")
+        for run in child_runs(uri, parent):
+            if run.info.status == "RUNNING":
+                ask(recorder, "finish", run.data.tags.get("trial_id", ""), "KILLED", note)
+        ask(recorder, "close_parent", "KILLED", note)
+    except Exception:  # noqa: BLE001 - the sweep is stopping already
+        log.exception("could not close the interrupted sweep's runs")
 
 
 def _close_failed(recorder: Any, exc: BaseException) -> None:

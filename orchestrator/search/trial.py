@@ -7,7 +7,8 @@ the sweep's recorder actor (:mod:`orchestrator.search.recorder`; in-process when
 none): no trial process imports MLflow. The child run is found again by its ``trial_id`` tag
 when Tune restores the trial (``--resume``), so a resumed trial continues its run instead of
 opening a duplicate. Every epoch reports to Tune with a checkpoint folder holding ``last.pt``
-(after its MLflow records were written); a restored trial continues from it.
+(after its MLflow records were written, or kept on the sweep's spool while MLflow is down:
+the trial trains on and the recorder delivers them later); a restored trial continues from it.
 """
 
 from __future__ import annotations
@@ -153,19 +154,30 @@ class TrialReporter:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.run is not None and info.get("last_checkpoint"):
-                shutil.copy(info["last_checkpoint"], Path(tmp) / "last.pt")
+                _copy_with_sidecar(Path(info["last_checkpoint"]), Path(tmp) / "last.pt")
                 (Path(tmp) / "run_id").write_text(self.run.run_id)
                 checkpoint = self.checkpoint_cls.from_directory(tmp)
             if self.run is not None:
-                self.run.flush()  # the epoch is in MLflow before Tune/Train hears of it
+                self.run.flush()  # in MLflow (or its spool) before Tune/Train hears of it
             self.report_fn(out, checkpoint=checkpoint)
+
+
+def _copy_with_sidecar(src: Path, dst: Path) -> Path:
+    """Copy a checkpoint and its ``.sha256`` sidecar (when it has one), so the copy is
+    verified on load like the original."""
+    from fusion_models.registry import sidecar_path
+
+    side = sidecar_path(src)
+    if side.is_file():
+        shutil.copy(side, sidecar_path(dst))
+    return Path(shutil.copy(src, dst))
 
 
 def _copy_resume(src: Path, into: Path) -> Path | None:
     if not src.is_file():
         return None
     into.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy(src, into / "resume.pt"))
+    return _copy_with_sidecar(src, into / "resume.pt")
 
 
 def _resume_path(get_checkpoint, into: Path, local_last: Path) -> Path | None:

@@ -26,8 +26,9 @@ from fusion_models.data import PairSet, generated_set, open_pair_set
 from fusion_models.data.colour import default_rule
 from fusion_models.data.patches import PatchStore
 from fusion_models.models.base import FusionModel
-from fusion_models.registry import build
-from orchestrator.common import INIT_FORMS, RunSpec
+from fusion_models.registry import build, verify_checkpoint_file
+from orchestrator.common import INIT_FORMS, RunSpec, failpoint
+from orchestrator.common.atomic import save_checkpoint_file
 from orchestrator.training.validation import evaluate_model, load_val_pairs, sample_grid
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def resolve_init(ref: str) -> Path:
         return resolve_checkpoint(ref, resolve_tracking_uri(None))
     if not Path(ref).is_file():
         raise ValueError(f"fixed.init: {ref!r} is not a file ({INIT_FORMS})")
+    verify_checkpoint_file(ref)  # against its .sha256 sidecar, when it has one
     return Path(ref)
 
 
@@ -185,15 +187,17 @@ def _train_epoch(model: FusionModel, loader: DataLoader, epoch: int, step0: int,
 
 def _save(model: FusionModel, epoch: int, path: Path, metrics: dict[str, float],
           best: dict[str, float | int | str] | None = None) -> str:
-    """Atomic checkpoint; ``best`` (``{"metric", "value", "epoch"}``, in ``last.pt``) lets a
-    resumed run keep the best it had instead of taking its next validation as the best."""
+    """Atomic checkpoint with a ``.sha256`` sidecar; ``best`` (``{"metric", "value", "epoch"}``,
+    in ``last.pt``) lets a resumed run keep the best it had instead of taking its next
+    validation as the best. A full disk raises :class:`DiskFullError` naming the file and
+    leaves the previous checkpoint as it was."""
     ckpt = model.checkpoint(epoch)
     ckpt["metrics"] = {k: float(v) for k, v in metrics.items()}
     if best is not None:
         ckpt["best"] = best
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    failpoint("checkpoint_write")  # fault-injection tests (orchestrator.common.failpoints)
+    # temp file + fsync + rename: never a half-written checkpoint under the real name
+    save_checkpoint_file(ckpt, path)
     return str(path)
 
 
@@ -300,7 +304,8 @@ def _best_record(spec: RunSpec, result: TrainResult) -> dict[str, float | int | 
 def _resume(run: _Run, spec: RunSpec, path: str | Path, result: TrainResult) -> int:
     """Load ``last.pt`` (weights, optimisers, epoch) into ``run`` and its best so far into
     ``result`` (value, epoch; ``best.pt`` of this folder when it holds that epoch); returns
-    the global step reached."""
+    the global step reached. Raises ValueError (naming it) if it differs from its sidecar."""
+    verify_checkpoint_file(path)
     ckpt = torch.load(path, map_location=run.model.device, weights_only=True)
     run.model.load_checkpoint_state(ckpt)
     result.epochs_run = int(ckpt["epoch"])
@@ -318,9 +323,12 @@ def _resume(run: _Run, spec: RunSpec, path: str | Path, result: TrainResult) -> 
 
 
 def _checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint holds; None (with a warning) if it fails its sidecar or to load."""
     try:
+        verify_checkpoint_file(path)
         return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except (OSError, RuntimeError, KeyError, ValueError):
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        log.warning("not using %s: %s", path, str(exc).splitlines()[0] if str(exc) else exc)
         return None
 
 
