@@ -5,9 +5,6 @@ temporary file is left beside it."""
 
 from __future__ import annotations
 
-import builtins
-import errno
-import io
 import json
 import os
 import stat
@@ -15,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _full_disk import FullDisk
 from mlflow.tracking import MlflowClient
 
 from fusion_models.metrics import get_convention
@@ -24,44 +22,6 @@ from orchestrator.evaluation.local import EvalReport, PairResult
 from orchestrator.reporting.images import Method, metric_table
 from orchestrator.reporting.report import _write_files
 from orchestrator.search.record import log_table
-
-
-class _FillingFile:
-    """A file whose disk has ``budget[0]`` bytes left: a longer write stores what fits."""
-
-    def __init__(self, fh, budget: list[int]) -> None:
-        self._fh, self._budget = fh, budget
-
-    def write(self, data):
-        if len(data) > self._budget[0]:
-            self._fh.write(data[: self._budget[0]])
-            self._fh.flush()
-            self._budget[0] = 0
-            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
-        self._budget[0] -= len(data)
-        return self._fh.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._fh.close()
-
-
-def _disk_fills_after(monkeypatch, nbytes: int) -> None:
-    """From now on, files opened for writing (``open``, ``io.open``: also ``Path.write_text``
-    and ``os.fdopen``) share ``nbytes`` of free space."""
-    real_open, budget = io.open, [nbytes]
-
-    def filling_open(file, mode="r", *args, **kwargs):
-        fh = real_open(file, mode, *args, **kwargs)
-        return _FillingFile(fh, budget) if set(mode) & set("wxa+") else fh
-
-    monkeypatch.setattr(builtins, "open", filling_open)
-    monkeypatch.setattr(io, "open", filling_open)
 
 
 def _report(value: float) -> EvalReport:
@@ -129,7 +89,7 @@ def test_a_full_disk_leaves_the_previous_output(tmp_path, monkeypatch, writer, f
     write(out, 1.0)
     before = _snapshot(out)
     assert set(before) == set(new) and all(before.values())
-    _disk_fills_after(monkeypatch, int(fill * sum(map(len, before.values()))))
+    FullDisk(monkeypatch).free = int(fill * sum(map(len, before.values())))
     with pytest.raises(OSError, match="No space left"):
         write(out, 2.0)
     monkeypatch.undo()

@@ -9,9 +9,6 @@ leave the previous file (or nothing) under its name, and let the next run recove
 
 from __future__ import annotations
 
-import builtins
-import errno
-import io
 import logging
 import math
 import shutil
@@ -22,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _full_disk import FullDisk
 from _tiny_model import TinyFuse
 
 from fusion_models import registry
@@ -45,49 +43,6 @@ train: {{eval_every: 1, seed: 3, device: cpu, max_steps_per_epoch: 4, val_metric
 RUNNER = ("import sys; sys.path.insert(0, {tests!r}); from _tiny_model import TinyFuse; "
           "from fusion_models import registry; registry.MODELS['tiny'] = TinyFuse; "
           "from orchestrator.cli import main; main(prog_name='orchestrator')")
-
-
-class _Disk:
-    """``builtins.open``/``io.open`` whose files for writing share ``free`` bytes (None: no
-    limit); a longer write stores what fits and raises ENOSPC, like a full disk."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.free: int | None = None
-        self.written = 0
-        real = io.open
-
-        def limited_open(file, mode="r", *args, **kwargs):
-            fh = real(file, mode, *args, **kwargs)
-            return _Filling(fh, self) if set(mode) & set("wxa+") else fh
-
-        monkeypatch.setattr(builtins, "open", limited_open)
-        monkeypatch.setattr(io, "open", limited_open)
-
-
-class _Filling:
-    def __init__(self, fh, disk: _Disk) -> None:
-        self._fh, self._disk = fh, disk
-
-    def write(self, data):
-        disk = self._disk
-        if disk.free is not None and len(data) > disk.free:
-            self._fh.write(data[: disk.free])
-            self._fh.flush()
-            disk.free = 0
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
-        if disk.free is not None:
-            disk.free -= len(data)
-        disk.written += len(data)
-        return self._fh.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._fh.close()
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -148,7 +103,7 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
     model = registry.build("tiny", {})
     _save(model, 1, tmp_path / "last.pt", {"step": 4.0})
     before, size = _snapshot(tmp_path), (tmp_path / "last.pt").stat().st_size
-    disk = _Disk(monkeypatch)
+    disk = FullDisk(monkeypatch)
     disk.free = int(fill * size)
     with pytest.raises(DiskFullError, match="No space left on device") as err:
         _save(model, 2, tmp_path / "last.pt", {"step": 8.0})
@@ -163,7 +118,7 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
 
 def test_training_stopped_by_a_full_disk_resumes_from_the_last_good_checkpoint(
         sets, tmp_path, monkeypatch):
-    disk, out = _Disk(monkeypatch), tmp_path / "ck"
+    disk, out = FullDisk(monkeypatch), tmp_path / "ck"
     spec = load_spec(_spec_file(sets, tmp_path, 3))
 
     def report(metrics: dict, info: dict) -> None:
@@ -190,7 +145,7 @@ def test_patch_store_build_on_a_full_disk_leaves_nothing_and_rebuilds(tmp_path, 
     pairs = [(np.random.default_rng(i).integers(0, 256, (64, 80), np.uint8),) * 2
              for i in range(3)]
     spec = PatchSpec(16, 16, 8)
-    disk = _Disk(monkeypatch)
+    disk = FullDisk(monkeypatch)
     reference = PatchStore.build_or_load(pairs, spec, tmp_path / "ref", colour_rule="gray")
     total, cache = disk.written, tmp_path / "cache"
     disk.free = int(fill * total)  # 0.9999: inside the manifest, written last
@@ -209,7 +164,7 @@ def test_import_weights_output_on_a_full_disk_keeps_the_previous_file(tmp_path, 
     old = registry.build("pmgi", {"channels": 4}).checkpoint(1)
     save_checkpoint(old, out)
     before = _snapshot(out.parent)
-    disk = _Disk(monkeypatch)
+    disk = FullDisk(monkeypatch)
     disk.free = 3000
     with pytest.raises(DiskFullError, match="disk full") as err:
         save_checkpoint(registry.build("pmgi", {"channels": 4}).checkpoint(2), out)
