@@ -8,7 +8,6 @@ server instead. Experiments are named ``fusion/<model>``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -122,11 +121,10 @@ def flatten(prefix: str, value: Any, out: dict[str, str] | None = None) -> dict[
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 hex digest of a file (:func:`fusion_models.data.store_files.digest_file`)."""
+    from fusion_models.data.store_files import digest_file
+
+    return digest_file(path)
 
 
 class MlflowRun:
