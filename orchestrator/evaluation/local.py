@@ -1,7 +1,8 @@
 """`orchestrator eval`: read (or fuse with a baseline) and measure a paired test set.
 
 The in-process path reads every image first, then computes all metrics in same-size batches
-on the chosen device; :mod:`orchestrator.evaluation.ray_data` runs the same per-batch scoring inside
+on the chosen device (on the CPU shared out to forked single-threaded worker processes, one per
+core: :mod:`orchestrator.evaluation.workers`); :mod:`orchestrator.evaluation.ray_data` runs the same per-batch scoring inside
 Ray Data for large sets and clusters. Both return an :class:`EvalReport` whose JSON is::
 
     {"convention": "cdd", "options": {...}, "method": "laplacian" | null,
@@ -19,7 +20,6 @@ diagnostics (``by_metric_s`` splits it); ``align_s`` the misregistration check o
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 import math
@@ -33,14 +33,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fusion_models.baselines import fuse_baseline
 from fusion_models.data import (
     IMAGE_EXTENSIONS,
     DataError,
     PairSet,
     read_image,
     to_tensor255,
-    write_image,
 )
 from fusion_models.metrics import (
     METRICS,
@@ -54,6 +52,8 @@ from fusion_models.metrics.diagnostics import degeneracy, describe
 from fusion_models.metrics.ssim import psnr_gt, ssim_gt
 from orchestrator.common import atomic_open, atomic_write
 from orchestrator.evaluation.align import align_item
+from orchestrator.evaluation.fusing import fused_batch
+from orchestrator.evaluation.workers import eval_workers, score_in_workers
 
 log = logging.getLogger(__name__)
 GT_METRICS = {"PSNR_GT": True, "SSIM_GT": True}  # full-reference, higher is better
@@ -216,6 +216,15 @@ class Loaded:
     fused: Tensor | None
     gt: Tensor | None
     read_s: float
+    aligned: bool = False  # align_once ran: ``b`` is final, ``alignment`` its summary
+    alignment: dict[str, float] | None = None
+
+
+def align_once(x: Loaded, settings: EvalSettings) -> dict[str, float] | None:
+    """:func:`align_item` the first time (it may warp ``x.b``), its summary afterwards."""
+    if not x.aligned:
+        x.alignment, x.aligned = align_item(x, settings), True
+    return x.alignment
 
 
 def read_item(item: EvalItem) -> Loaded:
@@ -238,37 +247,6 @@ def _diagnostic_gray(x: Tensor, conv: Convention) -> Tensor:
     return to_gray(x, rule)
 
 
-def _write_fused(out_dir: str, batch: Sequence[Loaded], fused: Tensor) -> None:
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    arrays = fused.to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
-    for loaded, arr in zip(batch, arrays, strict=True):
-        write_image(Path(out_dir) / f"{loaded.item.name}.png", arr)
-
-
-@functools.lru_cache(maxsize=2)
-def cached_model(path: str, device: str):
-    """A checkpoint's model, loaded once per process (once per Ray Data actor)."""
-    from fusion_models.registry import load_checkpoint
-
-    return load_checkpoint(path, map_location=device)[0]
-
-
-def _fused_batch(batch: Sequence[Loaded], a: Tensor, b: Tensor, s: EvalSettings) -> Tensor:
-    if s.method is None and s.model is None:
-        return torch.stack([x.fused for x in batch]).to(a.device)
-    # Evaluate what a user gets on disk: the 8-bit image.
-    if s.model is not None:
-        from orchestrator.deploy import fuse_tensors
-
-        model = cached_model(s.model, s.device)
-        fused = fuse_tensors(model, a.cpu(), b.cpu(), s.colour_rule).float().to(a.device)
-    else:
-        fused = fuse_baseline(s.method, a, b, s.colour_rule).round().clamp(0, 255)
-    if s.out_dir:
-        _write_fused(s.out_dir, batch, fused)
-    return fused
-
-
 def _metrics_of(batch: Sequence[Loaded], fused: Tensor, a: Tensor, b: Tensor,
                 settings: EvalSettings, seconds: dict[str, float]) -> dict[str, Tensor]:
     """compute_metrics; a metric that cannot measure these images (e.g. MS-SSIM below 161 px)
@@ -287,13 +265,13 @@ def score_batch(batch: Sequence[Loaded], settings: EvalSettings) -> list[PairRes
     """Fuse (if a method is set) and measure a batch of same-size pairs on ``settings.device``;
     B is measured for misalignment or registered onto A first when the settings ask."""
     t_align = time.perf_counter()
-    alignment = [align_item(x, settings) for x in batch]
+    alignment = [align_once(x, settings) for x in batch]
     align_s = (time.perf_counter() - t_align) / len(batch)
     device = torch.device(settings.device)
     a = torch.stack([x.a for x in batch]).to(device)
     b = torch.stack([x.b for x in batch]).to(device)
     t0 = time.perf_counter()
-    fused = _fused_batch(batch, a, b, settings)
+    fused = fused_batch(batch, a, b, settings)
     t1 = time.perf_counter()
     seconds: dict[str, float] = {}
     with shared_work():  # the diagnostics reuse the metrics' sums of products
@@ -351,12 +329,18 @@ def score_items(
         loaded.append(read_item(item))
         if advance:
             advance(1)
-    results: dict[str, PairResult] = {}
-    for batch in group_batches(loaded, settings.batch_size):
-        for r in score_batch(batch, settings):
-            results[r.name] = r
-        if advance:
-            advance(len(batch))
+    batches = group_batches(loaded, settings.batch_size)
+    workers = eval_workers(settings, len(loaded))
+    if workers > 1:  # forked single-threaded processes (orchestrator.evaluation.workers)
+        scored = score_in_workers(batches, settings, workers, score_batch,
+                                  lambda x: align_once(x, settings), advance)
+    else:
+        scored = []
+        for batch in batches:
+            scored += score_batch(batch, settings)
+            if advance:
+                advance(len(batch))
+    results = {r.name: r for r in scored}
     return [results[item.name] for item in items]
 
 

@@ -16,12 +16,12 @@ from dataclasses import asdict
 
 import numpy as np
 
+from orchestrator.evaluation.fusing import cached_model
 from orchestrator.evaluation.local import (
     EvalItem,
     EvalReport,
     EvalSettings,
     PairResult,
-    cached_model,
     group_batches,
     read_item,
     score_batch,
