@@ -234,3 +234,18 @@ def test_alignment_kept_on_disk_by_file_content(tmp_path, counted_alignments, mo
                                                     .read_bytes())  # new content: new key
     _eval(tmp_path, "fourth", "--method", "average", "--metrics", "SSIM", *mode)
     assert len(counted_alignments) == 7
+
+
+@pytest.mark.parametrize("width", [16, 12, 7, 1])
+def test_vif_log_sum_equals_the_sum_of_logs(width):
+    """VIF's grouped logarithms (products of up to 8 neighbours, one log) give the plain sum of
+    logs, for widths that halve 3 times, twice, never, and a single column."""
+    from fusion_models.metrics.vif import _log_sum
+
+    gen = torch.Generator().manual_seed(0)
+    x = 1 + torch.rand(2, 2, 5, width, generator=gen, dtype=torch.float64) * 8200
+    x[0, 0, 0] = 1.0  # flat windows: log(1) = 0 terms
+    expected = x.log().sum(dim=(2, 3))
+    got = _log_sum(x.clone())
+    assert got.shape == (2, 2)
+    assert torch.allclose(got, expected, rtol=1e-14, atol=0)

@@ -52,6 +52,22 @@ def _window(scale: int) -> list[float]:
     return gaussian_taps(n, n / 5.0).tolist()
 
 
+def _log_sum(x: Tensor) -> Tensor:
+    """sum of log(x) over the pixel dimensions, (B, R, ...pixels) -> (B, R); overwrites x.
+
+    Here 1 <= x <= 1 + (a local variance) / sigma_n^2 (below ~8,200 for 0..255 grey values; the
+    numerator's argument is the smaller), so products of up to 8 neighbours along the last
+    dimension stay far from overflow and one logarithm serves 8 pixels: the same sum up to
+    the products' rounding (~1e-15 per term), with the logarithms a small part of the time.
+    """
+    for _ in range(3):
+        half = x.shape[-1] // 2
+        if x.shape[-1] % 2 or half == 0:
+            break
+        x = torch.mul(x[..., :half], x[..., half:])
+    return pixel_sum(x.log_())
+
+
 def _scale_terms(m: Moments) -> Tensor:
     """Sums of the numerator and denominator terms (natural log) -> (B, 2, 2); overwrites m.
 
@@ -72,9 +88,9 @@ def _scale_terms(m: Moments) -> Tensor:
     s2p = s2.add_(SIGMA_N_SQ)  # sv + sigma_n^2 = max(s2 - g s12, eps) + sigma_n^2
     sv = torch.addcmul(s2p, g, s12, value=-1.0, out=s12).clamp_min_(EPS + SIGMA_N_SQ)
     # log(1 + x) rather than log1p(x): ~2.5x faster on CPUs, absolute error ~1e-16 per term
-    num = torch.addcdiv(one, g.square_().mul_(s1), sv, out=g).log_()
-    den = s1.mul_(1.0 / SIGMA_N_SQ).add_(1.0).log_()
-    return torch.stack([pixel_sum(num), pixel_sum(den)], dim=-1)
+    num = torch.addcdiv(one, g.square_().mul_(s1), sv, out=g)
+    den = torch.add(one, s1, alpha=1.0 / SIGMA_N_SQ, out=s1)
+    return torch.stack([_log_sum(num), _log_sum(den)], dim=-1)
 
 
 def _decimate(x: Tensor, taps: list[float]) -> Tensor:
