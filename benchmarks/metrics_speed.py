@@ -8,7 +8,9 @@ zero) and prints per-metric seconds and the speed-up. Then the path a user takes
 images are written as PNGs and ``orchestrator eval --fused ... --json`` runs in a fresh process
 (``--cli-repeat`` times, best kept); its ``timing.metrics_s`` (every metric and the degenerate
 diagnostics), ``timing.by_metric_s`` and the process's wall time are set against the same
-reference run, and its per-pair values are checked against the reference too.
+reference run, and its per-pair values are checked against the reference too. On the CPU
+``orchestrator eval`` scores in forked single-threaded workers, one per core
+(orchestrator/evaluation/workers.py); the library rows are one process with torch's threads.
 
     python benchmarks/metrics_speed.py [--device cuda] [--json out.json] [--limit 5] [--no-cli]
 

@@ -2,8 +2,9 @@
 
 The in-process path reads every image first, then computes all metrics in same-size batches
 on the chosen device (on the CPU shared out to forked single-threaded worker processes, one per
-core: :mod:`orchestrator.evaluation.workers`); :mod:`orchestrator.evaluation.ray_data` runs the same per-batch scoring inside
-Ray Data for large sets and clusters. Both return an :class:`EvalReport` whose JSON is::
+core: :mod:`orchestrator.evaluation.workers`); :mod:`orchestrator.evaluation.ray_data` runs the
+same per-batch scoring inside Ray Data for large sets and clusters. Both return an
+:class:`EvalReport` whose JSON is::
 
     {"convention": "cdd", "options": {...}, "method": "laplacian" | null,
      "per_pair": {stem: {metric: value}}, "mean": {metric: value},
