@@ -149,10 +149,9 @@ def score_in_workers(
 
     ``prepare`` runs on every pair here first, before the workers are forked (the alignment
     check: its per-evaluation cache then holds every pair; its time counts as ``align_s``).
-    Each pair's
-    ``align_s``, ``fuse_s``, ``metrics_s`` and ``metric_s`` become its share of the stage's
-    wall time (the processes' times scaled to add up to it), so the report's totals stay the
-    time a user waited.
+    Each pair's ``align_s``, ``fuse_s``, ``metrics_s`` and ``metric_s`` become its share of
+    the stage's wall time (the processes' times scaled to add up to it), so the report's
+    totals stay the time a user waited.
     """
     t0 = time.perf_counter()
     prepared: dict[str, float] = {}  # seconds of ``prepare`` per pair, counted as align_s
