@@ -23,11 +23,12 @@ only when the eager estimate fits --max-batch-seconds: eager one call (it pays t
 faults on every call), ours the best of two (the first grows the kept heap to the new size).
 A model whose eager forward of one pair is estimated (from a 320x240 call) above
 --max-seconds is skipped.
-CUDA graphs are not implemented (no GPU to exercise them when this was written).
+On CUDA, --compile also captures the compiled forward as a CUDA graph and replays it
+(:func:`fusion_models.inference.prepare_for_inference`).
 
     python benchmarks/fuse_speed.py
     python benchmarks/fuse_speed.py --bf16 --compile --models fusiongan,pmgi --json out.json
-    python benchmarks/fuse_speed.py --device cuda --bf16 --batch 1,8,32
+    python benchmarks/fuse_speed.py --device cuda --bf16 --compile --batch 1,8,32
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ with, in this order:
    one on the probe; a disagreement above ``FOLD_ATOL`` keeps the BN layers (logged);
 3. optionally channels_last weights (oneDNN then runs NHWC convolutions without reorders);
 4. optionally bf16 autocast (``amp_dtype``: the model's own autocast regions only);
-5. optionally ``torch.compile`` of the model's ``_fuse`` (one graph per input shape).
+5. optionally ``torch.compile`` of the model's ``_fuse`` (one graph per input shape; on CUDA
+   replayed as CUDA graphs).
 
 :func:`cached_inference_model` keeps one prepared copy per (model, options) per process and
 prepares again when the model's parameters or buffers were modified in place since.
@@ -67,7 +68,8 @@ class InferenceOptions:
     Attributes:
         fold_bn: fold BatchNorm2d into the preceding convolution (running-statistics BN only).
         channels_last: convert 4-D weights to ``torch.channels_last``.
-        compile: ``torch.compile`` the model's ``_fuse`` (first call per shape compiles).
+        compile: ``torch.compile`` the model's ``_fuse`` (first call per shape compiles; on
+            CUDA also captured as a CUDA graph and replayed).
         precision: ``fp32`` or ``bf16`` (autocast inside the model's autocast regions).
     """
 
@@ -283,13 +285,31 @@ def prepare_for_inference(model: FusionModel, *, fold_bn: bool = True,
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
     prepared.amp_dtype = torch.bfloat16 if precision == "bf16" else None
-    if compile:  # freezing: weights become constants (prepacked, conv + activation fused)
-        prepared._fuse = torch.compile(prepared._fuse, dynamic=False,
-                                       options={"freezing": True})
+    if compile:
+        prepared._fuse = _compiled(prepared._fuse, prepared.device.type == "cuda")
     log.info("%s prepared for inference: %d parametrization(s) baked, %d BN folded, "
              "channels_last=%s, %s, compile=%s", model.name, baked, folded, channels_last,
              precision, compile)
     return prepared
+
+
+def _compiled(fuse: Callable[[Tensor, Tensor], Tensor], cuda_graphs: bool
+              ) -> Callable[[Tensor, Tensor], Tensor]:
+    """``torch.compile`` of a model's ``_fuse``: inductor with freezing (weights become
+    constants: prepacked, conv + activation fused), one graph per input shape; on CUDA the
+    compiled forward is also captured and replayed as a CUDA graph (``triton.cudagraphs``, what
+    ``mode="reduce-overhead"`` sets), its output copied out of the graph's memory pool, which
+    the next replay overwrites."""
+    compiled = torch.compile(fuse, dynamic=False,
+                             options={"freezing": True, "triton.cudagraphs": cuda_graphs})
+    if not cuda_graphs:
+        return compiled
+
+    def replay(a: Tensor, b: Tensor) -> Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # earlier outputs are no longer read
+        return compiled(a, b).clone()
+
+    return replay
 
 
 def _state_version(model: nn.Module) -> tuple:
