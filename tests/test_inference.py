@@ -14,6 +14,7 @@ from fusion_models.data import default_rule, make_ivif, read_image
 from fusion_models.inference import (
     BF16_MEAN_TOL,
     BF16_P99_TOL,
+    FOLD_ATOL,
     InferenceOptions,
     cached_inference_model,
     conv_bn_pairs,
@@ -62,9 +63,10 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", registry.list_models())
 def test_folded_channels_last_and_bf16_agree_with_plain(name):
-    """Per model, on 2 x 1 x 40 x 56 pairs (not the 64 x 64 probe): folded fp32 within 5e-5
-    of the plain model (outputs in [0, 1]; measured <= 2.5e-5), channels_last within 1e-4
-    (<= 4.4e-5), bf16 within the documented grey-level tolerance; every generator BN (bar the
+    """Per model, on 2 x 1 x 40 x 56 pairs (not the 64 x 64 probe): folded fp32 and
+    channels_last within FOLD_ATOL = 1e-4 of the plain model (outputs in [0, 1]; measured
+    <= 2.5e-5 and <= 4.4e-5 on an AVX-512 Xeon, <= 5.9e-5 and <= 6.2e-5 on an AVX2 EPYC, both
+    FusionGAN's), bf16 within the documented grey-level tolerance; every generator BN (bar the
     known shared conv) is folded."""
     torch.manual_seed(0)
     model = registry.build(name).eval()
@@ -81,8 +83,8 @@ def test_folded_channels_last_and_bf16_agree_with_plain(name):
         err_cl = (folded.fuse(a, b) - plain).abs().max().item()
         folded.amp_dtype = torch.bfloat16
         diff16 = (_grey(folded.fuse(a, b)) - _grey(plain)).abs()
-    assert err_fold <= 5e-5, err_fold
-    assert err_cl <= 1e-4, err_cl
+    assert err_fold <= FOLD_ATOL, err_fold
+    assert err_cl <= FOLD_ATOL, err_cl
     assert diff16.mean().item() <= BF16_MEAN_TOL, diff16.mean().item()
     assert diff16.flatten().quantile(0.99).item() <= BF16_P99_TOL
 
