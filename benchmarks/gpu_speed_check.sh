@@ -7,13 +7,7 @@
 #   2. the training step at the paper's batch 32, bf16 + channels_last (goal >= 1,560
 #      patches/s).
 # Not yet run on a GPU (none lent so far): expect to fix small things on the first run.
-set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source benchmarks/_gpu_prologue.sh
 fuse() { python3 benchmarks/fuse_speed.py --device cuda --models fusiongan --batch 1,8,32 "$@"; }
 echo "== 1. fuse: fp32, bf16, bf16 + compile (CUDA graphs)"
 fuse --json "$OUT/fuse_fp32.json"

@@ -3,13 +3,7 @@
 #   1. benchmarks/train_speed.py on CUDA (bf16 autocast, channels_last): patches/s per model;
 #   2. benchmarks/train_evidence.py on CUDA: the one training loop on real tno pairs
 #      (.gpu_shared/data/tno, a git-ignored copy of ../shared/data/tno), every model.
-set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source benchmarks/_gpu_prologue.sh
 echo "== 1. train speed (CUDA)"
 python3 benchmarks/train_speed.py --device cuda --steps 10 --budget 10 \
   --json "$OUT/train_speed_cuda.json"
